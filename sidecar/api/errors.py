@@ -1,0 +1,138 @@
+"""Every failure leaves the API as ``{"error": {"code", "message"}}`` JSON with a 4xx/5xx status."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from sidecar.upstream.errors import (
+    StiggError,
+    UpstreamAuthError,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from sidecar.validation import ValidationError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Stigg error codes that mean "this does not exist" or "this conflicts with what exists".
+_NOT_FOUND = {
+    "CustomerNotFound",
+    "PlanNotFound",
+    "SubscriptionNotFound",
+    "FeatureNotFound",
+    "CustomerResourceNotFound",
+    "AddonNotFound",
+}
+_CONFLICT = {"DuplicatedEntityNotAllowed", "SubscriptionAlreadyCanceledOrExpired"}
+_REJECTED = {"BadUserInput", "InvalidArgumentError", "BAD_USER_INPUT", "InvalidQuantity"}
+
+
+class ApiError(Exception):
+    """An error the API answers as it is."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+
+def error_response(
+    status: int, code: str, message: str, *, headers: dict[str, str] | None = None, **extra: Any
+) -> web.Response:
+    error: dict[str, Any] = {"code": code, "message": message}
+    error.update({k: v for k, v in extra.items() if v is not None})
+    return web.Response(
+        status=status,
+        body=orjson.dumps({"error": error}),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def upstream_error_response(exc: UpstreamError) -> web.Response:
+    """Map a failed Stigg call to the status a client can act on."""
+    if isinstance(exc, StiggError):
+        if exc.stigg_code in _NOT_FOUND:
+            return error_response(404, "not_found", exc.message, stiggCode=exc.stigg_code)
+        if exc.stigg_code in _CONFLICT:
+            return error_response(409, "conflict", exc.message, stiggCode=exc.stigg_code)
+        if exc.is_validation_error or exc.stigg_code in _REJECTED:
+            return error_response(422, "rejected_by_stigg", exc.message, stiggCode=exc.stigg_code)
+        return error_response(502, "upstream_error", exc.message, stiggCode=exc.stigg_code)
+    if isinstance(exc, UpstreamTimeout):
+        return error_response(504, exc.code, "Stigg did not answer in time")
+    if isinstance(exc, UpstreamRateLimited):
+        return error_response(
+            503,
+            exc.code,
+            "Stigg's rate limit was reached; retry shortly",
+            headers={"Retry-After": "1"},
+        )
+    if isinstance(exc, UpstreamUnavailable):
+        return error_response(503, exc.code, "Stigg is unavailable: " + exc.message)
+    if isinstance(exc, UpstreamAuthError):
+        # The sidecar's own key is wrong: the client cannot fix that, the operator can.
+        return error_response(
+            502, exc.code, "Stigg rejected the sidecar's API key; check STIGG_API_KEY"
+        )
+    return error_response(502, exc.code, exc.message)
+
+
+_HTTP_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def error_middleware(max_body_bytes: int) -> Any:
+    """The one place exceptions become responses: no HTML page, no stack trace, ever."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        return await _answer_errors(request, handler, max_body_bytes)
+
+    return middleware
+
+
+async def _answer_errors(
+    request: web.Request, handler: Handler, max_body_bytes: int
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message, **exc.extra)
+    except ValidationError as exc:
+        return error_response(400, "invalid_request", str(exc), field=exc.field or None)
+    except UpstreamError as exc:
+        log.warning("stigg %s failed: %s (%s)", exc.operation, exc.code, exc.message)
+        return upstream_error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        message = exc.reason
+        if exc.status == 404:
+            message = f"no route {request.method} {request.path}"
+        elif exc.status == 413:
+            message = f"request body is larger than {max_body_bytes} bytes"
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return error_response(exc.status, code, message, headers=headers)
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal_error", "internal error; see the sidecar's log")

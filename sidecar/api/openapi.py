@@ -1,0 +1,426 @@
+"""The OpenAPI 3.1 description of the REST API, served at ``GET /openapi.json``."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from sidecar import __version__
+
+JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _string(description: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "string", "description": description, **extra}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+_ID = {"type": "string", "maxLength": 255, "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.:@+\-]*$"}
+_DATE_TIME = {"type": "string", "format": "date-time"}
+_OBJECT = {"type": "object", "additionalProperties": True}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    text = {
+        400: "Invalid input; `error.field` names the offending field.",
+        404: "Unknown customer, subscription, plan or route.",
+        409: "Conflicts with existing state (already exists, already cancelled).",
+        413: "Request body larger than the configured limit.",
+        422: "Stigg rejected the values.",
+        502: "Stigg answered with an error, or rejected the sidecar's API key.",
+        503: "Stigg is unreachable or rate limiting; retry later.",
+        504: "Stigg did not answer in time.",
+    }
+    return {
+        str(status): {
+            "description": text[status],
+            "content": {JSON: {"schema": _ref("Error")}},
+        }
+        for status in statuses
+    }
+
+
+_UPSTREAM_ERRORS = (502, 503, 504)
+
+
+def _body(schema_name: str, *, required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {JSON: {"schema": _ref(schema_name)}}}
+
+
+def _ok(schema_name: str, status: int = 200, description: str = "OK") -> dict[str, Any]:
+    return {
+        str(status): {"description": description, "content": {JSON: {"schema": _ref(schema_name)}}}
+    }
+
+
+def _param(
+    name: str,
+    where: str,
+    description: str,
+    *,
+    required: bool = False,
+    schema: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": where,
+        "required": required or where == "path",
+        "description": description,
+        "schema": schema or _ID,
+    }
+
+
+_SUBSCRIPTION_PROPS: dict[str, Any] = {
+    "planId": {**_ID, "description": "The plan's id in Stigg."},
+    "billingPeriod": {"type": "string", "enum": ["MONTHLY", "ANNUALLY"]},
+    "unitQuantity": {"type": "number", "minimum": 1},
+    "resourceId": {**_ID, "description": "For multi-resource products."},
+    "subscriptionId": {**_ID, "description": "Your id for the new subscription."},
+    "additionalMetaData": _OBJECT,
+    "startDate": _DATE_TIME,
+}
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": _string("Stable machine-readable code, e.g. invalid_request."),
+                    "message": _string("Human-readable explanation."),
+                    "field": _string("The offending field, for invalid input."),
+                    "stiggCode": _string("Stigg's own error code, when Stigg answered one."),
+                },
+            }
+        },
+    },
+    "ProvisionCustomerRequest": {
+        "type": "object",
+        "required": ["customerId"],
+        "additionalProperties": False,
+        "properties": {
+            "customerId": _ID,
+            "name": {"type": "string", "maxLength": 500},
+            "email": {"type": "string", "maxLength": 320},
+            "billingId": {"type": "string", "maxLength": 255},
+            "additionalMetaData": _OBJECT,
+            "subscriptionParams": {
+                "type": "object",
+                "required": ["planId"],
+                "additionalProperties": False,
+                "properties": _SUBSCRIPTION_PROPS,
+            },
+        },
+    },
+    "Customer": {
+        "type": "object",
+        "properties": {
+            "customerId": {"type": "string"},
+            "name": _nullable({"type": "string"}),
+            "email": _nullable({"type": "string"}),
+            "billingId": _nullable({"type": "string"}),
+            "createdAt": _nullable(_DATE_TIME),
+            "updatedAt": _nullable(_DATE_TIME),
+            "additionalMetaData": _nullable(_OBJECT),
+            "hasActiveSubscription": {"type": "boolean"},
+            "subscriptions": {"type": "array", "items": _ref("Subscription")},
+        },
+    },
+    "ProvisionedCustomer": {
+        "type": "object",
+        "properties": {
+            "customer": _ref("Customer"),
+            "subscription": _nullable(_ref("Subscription")),
+            "subscriptionDecisionStrategy": {"type": "string"},
+        },
+    },
+    "ProvisionSubscriptionRequest": {
+        "type": "object",
+        "required": ["customerId", "planId"],
+        "additionalProperties": False,
+        "properties": {"customerId": _ID, **_SUBSCRIPTION_PROPS},
+    },
+    "CancelSubscriptionRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "cancellationTime": {
+                "type": "string",
+                "enum": ["IMMEDIATE", "END_OF_BILLING_PERIOD", "SPECIFIC_DATE"],
+            },
+            "endDate": _DATE_TIME,
+        },
+    },
+    "Subscription": {
+        "type": "object",
+        "properties": {
+            "subscriptionId": {"type": "string"},
+            "customerId": _nullable({"type": "string"}),
+            "planId": _nullable({"type": "string"}),
+            "planName": _nullable({"type": "string"}),
+            "resourceId": _nullable({"type": "string"}),
+            "status": {"type": "string", "description": "ACTIVE, CANCELED, IN_TRIAL, …"},
+            "billingPeriod": _nullable({"type": "string"}),
+            "startDate": _nullable(_DATE_TIME),
+            "endDate": _nullable(_DATE_TIME),
+            "cancellationDate": _nullable(_DATE_TIME),
+            "effectiveEndDate": _nullable(_DATE_TIME),
+            "currentBillingPeriodEnd": _nullable(_DATE_TIME),
+            "additionalMetaData": _nullable(_OBJECT),
+        },
+    },
+    "ProvisionSubscriptionResult": {
+        "type": "object",
+        "properties": {
+            "status": {"type": "string", "enum": ["SUCCESS", "PAYMENT_REQUIRED"]},
+            "checkoutUrl": _nullable({"type": "string"}),
+            "subscription": _nullable(_ref("Subscription")),
+        },
+    },
+    "Entitlement": {
+        "type": "object",
+        "required": ["customerId", "featureId", "hasAccess", "isFallback", "accessDeniedReason"],
+        "properties": {
+            "customerId": {"type": "string"},
+            "featureId": {"type": "string"},
+            "resourceId": _nullable({"type": "string"}),
+            "hasAccess": {"type": "boolean"},
+            "isFallback": {
+                "type": "boolean",
+                "description": "True when the answer did not come from current Stigg state.",
+            },
+            "accessDeniedReason": _nullable(
+                {
+                    "type": "string",
+                    "description": "Stigg's AccessDeniedReason when denied, null when granted.",
+                    "enum": [
+                        "CustomerNotFound",
+                        "NoActiveSubscription",
+                        "NoFeatureEntitlementInSubscription",
+                        "RequestedUsageExceedingLimit",
+                        "RequestedValuesMismatch",
+                        "FeatureNotFound",
+                        "CustomerIsArchived",
+                        "Unknown",
+                    ],
+                }
+            ),
+            "type": _nullable(
+                {"type": "string", "enum": ["BOOLEAN", "NUMERIC", "METERED", "ENUM"]}
+            ),
+            "usageLimit": _nullable({"type": "number"}),
+            "currentUsage": _nullable({"type": "number"}),
+            "isUnlimited": {"type": "boolean"},
+            "hasSoftLimit": {"type": "boolean"},
+            "requestedUsage": _nullable({"type": "number"}),
+            "value": _nullable({"type": "number", "description": "Configuration value (NUMERIC)."}),
+            "enumValues": _nullable({"type": "array", "items": {"type": "string"}}),
+            "requestedValues": _nullable({"type": "array", "items": {"type": "string"}}),
+            "resetPeriod": _nullable({"type": "string"}),
+            "usagePeriodStart": _nullable(_DATE_TIME),
+            "usagePeriodEnd": _nullable(_DATE_TIME),
+        },
+    },
+    "EntitlementList": {
+        "type": "object",
+        "properties": {
+            "customerId": {"type": "string"},
+            "resourceId": _nullable({"type": "string"}),
+            "accessDeniedReason": _nullable({"type": "string"}),
+            "isFallback": {"type": "boolean"},
+            "entitlements": {"type": "array", "items": _ref("Entitlement")},
+        },
+    },
+    "UsageReport": {
+        "type": "object",
+        "required": ["customerId", "featureId", "value"],
+        "additionalProperties": False,
+        "properties": {
+            "customerId": _ID,
+            "featureId": _ID,
+            "value": {"type": "number", "description": "Finite; added (DELTA) or set (SET)."},
+            "resourceId": _ID,
+            "updateBehavior": {"type": "string", "enum": ["DELTA", "SET"], "default": "DELTA"},
+            "idempotencyKey": {
+                "type": "string",
+                "maxLength": 255,
+                "description": "Repeat it to retry safely; minted by the sidecar when absent.",
+            },
+            "timestamp": {
+                **_DATE_TIME,
+                "description": "When the usage happened; not in the future.",
+            },
+            "dimensions": {
+                "type": "object",
+                "additionalProperties": {"type": ["string", "number", "boolean"]},
+            },
+        },
+    },
+    "UsageAccepted": {
+        "type": "object",
+        "properties": {
+            "id": _nullable({"type": "string"}),
+            "idempotencyKey": {"type": "string"},
+            "customerId": {"type": "string"},
+            "featureId": {"type": "string"},
+            "resourceId": _nullable({"type": "string"}),
+            "currentUsage": _nullable({"type": "number"}),
+            "usagePeriodStart": _nullable(_DATE_TIME),
+            "usagePeriodEnd": _nullable(_DATE_TIME),
+            "timestamp": _nullable(_DATE_TIME),
+        },
+    },
+    "GraphQLRequest": {
+        "type": "object",
+        "required": ["query"],
+        "properties": {
+            "query": {"type": "string"},
+            "variables": _nullable(_OBJECT),
+            "operationName": _nullable({"type": "string"}),
+        },
+    },
+}
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    customer_id = _param("customerId", "path", "The customer's id in Stigg.")
+    paths: dict[str, Any] = {
+        "/v1/customers": {
+            "post": {
+                "operationId": "provisionCustomer",
+                "summary": "Create a customer, optionally with a first subscription.",
+                "requestBody": _body("ProvisionCustomerRequest"),
+                "responses": {
+                    **_ok("ProvisionedCustomer", 201, "Created"),
+                    **_errors(400, 409, 413, 422, *_UPSTREAM_ERRORS),
+                },
+            }
+        },
+        "/v1/customers/{customerId}": {
+            "get": {
+                "operationId": "getCustomer",
+                "summary": "A customer and their subscriptions.",
+                "parameters": [customer_id],
+                "responses": {**_ok("Customer"), **_errors(400, 404, *_UPSTREAM_ERRORS)},
+            }
+        },
+        "/v1/subscriptions": {
+            "post": {
+                "operationId": "createSubscription",
+                "summary": "Subscribe a customer to a plan (replaces their current plan).",
+                "requestBody": _body("ProvisionSubscriptionRequest"),
+                "responses": {
+                    **_ok("ProvisionSubscriptionResult", 201, "Created"),
+                    **_errors(400, 404, 413, 422, *_UPSTREAM_ERRORS),
+                },
+            }
+        },
+        "/v1/subscriptions/{subscriptionId}/cancel": {
+            "post": {
+                "operationId": "cancelSubscription",
+                "summary": "Cancel a subscription (immediately unless said otherwise).",
+                "parameters": [_param("subscriptionId", "path", "The subscription's id.")],
+                "requestBody": _body("CancelSubscriptionRequest", required=False),
+                "responses": {
+                    **_ok("Subscription"),
+                    **_errors(400, 404, 409, 413, *_UPSTREAM_ERRORS),
+                },
+            }
+        },
+        "/v1/entitlements": {
+            "get": {
+                "operationId": "checkEntitlement",
+                "summary": "May this customer use this feature (and this much of it)?",
+                "parameters": [
+                    _param("customerId", "query", "The customer's id.", required=True),
+                    _param("featureId", "query", "The feature's id.", required=True),
+                    _param("resourceId", "query", "For multi-resource products."),
+                    _param(
+                        "requestedUsage",
+                        "query",
+                        "Metered features: denied when currentUsage + requestedUsage > usageLimit."
+                        " Without it, denied when no usage is left.",
+                        schema={"type": "number", "minimum": 0},
+                    ),
+                    _param(
+                        "requestedValues",
+                        "query",
+                        "Enum features: comma-separated values that must all be entitled.",
+                        schema={"type": "string"},
+                    ),
+                ],
+                "responses": {**_ok("Entitlement"), **_errors(400, *_UPSTREAM_ERRORS)},
+            }
+        },
+        "/v1/customers/{customerId}/entitlements": {
+            "get": {
+                "operationId": "getEntitlements",
+                "summary": "All of a customer's entitlements.",
+                "parameters": [
+                    customer_id,
+                    _param("resourceId", "query", "For multi-resource products."),
+                ],
+                "responses": {**_ok("EntitlementList"), **_errors(400, *_UPSTREAM_ERRORS)},
+            }
+        },
+        "/v1/usage": {
+            "post": {
+                "operationId": "reportUsage",
+                "summary": "Report usage of a metered feature.",
+                "requestBody": _body("UsageReport"),
+                "responses": {
+                    **_ok("UsageAccepted"),
+                    **_errors(400, 404, 413, 422, *_UPSTREAM_ERRORS),
+                },
+            }
+        },
+        "/graphql": {
+            "post": {
+                "operationId": "graphqlPassthrough",
+                "summary": "Any Stigg GraphQL request, forwarded with the sidecar's API key.",
+                "description": "The answer is Stigg's, passed through unchanged.",
+                "requestBody": _body("GraphQLRequest"),
+                "responses": {
+                    "200": {
+                        "description": "Stigg's GraphQL response.",
+                        "content": {JSON: {"schema": _OBJECT}},
+                    },
+                    **_errors(400, 413, *_UPSTREAM_ERRORS),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document.",
+                "responses": {
+                    "200": {
+                        "description": "OpenAPI 3.1 document.",
+                        "content": {JSON: {"schema": _OBJECT}},
+                    }
+                },
+            }
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "stigg-sidecar",
+            "version": __version__,
+            "description": "Local entitlement checks, usage reporting and Stigg passthrough.",
+        },
+        "servers": [{"url": "http://127.0.0.1:8080"}],
+        "paths": paths,
+        "components": {"schemas": _SCHEMAS},
+    }

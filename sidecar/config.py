@@ -1,0 +1,297 @@
+"""Settings: one YAML file, every key overridable by an environment variable.
+
+The YAML keys are camelCase inside sections (``server.port``); the matching environment
+variable is ``SIDECAR_<SECTION>_<KEY>`` in upper snake case (``SIDECAR_SERVER_PORT``).
+A few names are fixed by the design (``STIGG_API_KEY``, ``STIGG_API_URL``,
+``SIDECAR_REDIS_URL``, ``SIDECAR_DATA_DIR``). Secrets are read only from the environment or
+from a mounted file (``STIGG_API_KEY_FILE``), never from the YAML file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+from urllib.parse import urlsplit
+
+import yaml
+
+DEFAULT_STIGG_API_URL = "https://api.stigg.io/graphql"
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or wrong; the message names the key."""
+
+
+class Secret:
+    """A string that never shows itself in reprs, logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself: only for the one place that sends it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def _meta(
+    doc: str,
+    *,
+    env: str | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    choices: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    return {"doc": doc, "env": env, "min": minimum, "max": maximum, "choices": choices}
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The app-facing REST API."""
+
+    host: str = field(default="127.0.0.1", metadata=_meta("Address the API binds to."))
+    port: int = field(default=8080, metadata=_meta("API port.", minimum=0, maximum=65535))
+    max_body_bytes: int = field(
+        default=1024 * 1024,
+        metadata=_meta("Largest accepted request body in bytes.", minimum=1024),
+    )
+    shutdown_timeout_seconds: float = field(
+        default=20.0,
+        metadata=_meta("Grace period for in-flight requests on SIGTERM.", minimum=0),
+    )
+
+
+@dataclass(frozen=True)
+class StiggSettings:
+    """The Stigg GraphQL upstream."""
+
+    api_url: str = field(
+        default=DEFAULT_STIGG_API_URL,
+        metadata=_meta("Stigg GraphQL endpoint.", env="STIGG_API_URL"),
+    )
+    connect_timeout_seconds: float = field(
+        default=2.0, metadata=_meta("TCP/TLS connect timeout.", minimum=0.001)
+    )
+    read_timeout_seconds: float = field(
+        default=10.0, metadata=_meta("Timeout waiting for a response.", minimum=0.001)
+    )
+    max_retries: int = field(
+        default=2, metadata=_meta("Retries of a safe-to-retry call.", minimum=0, maximum=10)
+    )
+    retry_backoff_seconds: float = field(
+        default=0.1, metadata=_meta("Base of the jittered exponential backoff.", minimum=0)
+    )
+    retry_backoff_max_seconds: float = field(
+        default=2.0, metadata=_meta("Cap of one backoff sleep.", minimum=0)
+    )
+    max_connections: int = field(
+        default=100, metadata=_meta("Keep-alive pool size to Stigg.", minimum=1)
+    )
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    """Log output."""
+
+    level: str = field(
+        default="INFO",
+        metadata=_meta("Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the sidecar needs to start."""
+
+    server: ServerSettings = field(default_factory=ServerSettings)
+    stigg: StiggSettings = field(default_factory=StiggSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    api_key: Secret | None = None
+    redis_url: Secret | None = None
+    data_dir: Path = field(
+        default_factory=lambda: Path.home() / ".local" / "state" / "stigg-sidecar"
+    )
+    # Set by --local: path of the catalog the embedded emulator is seeded from.
+    local_catalog: Path | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return self.local_catalog is not None
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "server": ServerSettings,
+    "stigg": StiggSettings,
+    "logging": LoggingSettings,
+}
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def _coerce(key: str, raw: Any, typ: Any, meta: Mapping[str, Any]) -> Any:
+    """Turn a YAML or environment value into ``typ``, with one clear error naming ``key``."""
+    value: Any
+    if typ is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected true or false, got {raw!r}")
+    if typ in (int, float):
+        if isinstance(raw, bool):
+            raise ConfigError(f"{key}: expected a number, got {raw!r}")
+        try:
+            value = typ(raw) if typ is float else int(str(raw).strip())
+        except (TypeError, ValueError):
+            kind = "an integer" if typ is int else "a number"
+            raise ConfigError(f"{key}: expected {kind}, got {raw!r}") from None
+        if typ is float and not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {raw!r}")
+        if meta.get("min") is not None and value < meta["min"]:
+            raise ConfigError(f"{key}: must be at least {meta['min']}, got {value}")
+        if meta.get("max") is not None and value > meta["max"]:
+            raise ConfigError(f"{key}: must be at most {meta['max']}, got {value}")
+        return value
+    if not isinstance(raw, str | int | float) or isinstance(raw, bool):
+        raise ConfigError(f"{key}: expected a string, got {raw!r}")
+    value = str(raw).strip()
+    choices = meta.get("choices") or ()
+    if choices:
+        value = value.upper()
+        if value not in choices:
+            raise ConfigError(f"{key}: must be one of {', '.join(choices)}, got {raw!r}")
+    return value
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot be read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path}: not valid YAML ({exc})") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path}: must be a mapping of sections")
+    return loaded
+
+
+def _load_section(section: str, given: Any, env: Mapping[str, str]) -> Any:
+    cls = _SECTIONS[section]
+    if given is None:
+        given = {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"{section}: must be a mapping")
+    fields = {_camel(f.name): f for f in dataclasses.fields(cls)}
+    for key in given:
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{section}.{key}: unknown key (known: {known})")
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for yaml_key, f in fields.items():
+        variable = f.metadata["env"] or f"SIDECAR_{section.upper()}_{f.name.upper()}"
+        if variable in env:
+            values[f.name] = _coerce(variable, env[variable], hints[f.name], f.metadata)
+        elif yaml_key in given:
+            values[f.name] = _coerce(
+                f"{section}.{yaml_key}", given[yaml_key], hints[f.name], f.metadata
+            )
+    return cls(**values)
+
+
+def _secret_from_env(env: Mapping[str, str], name: str) -> Secret | None:
+    value = env.get(name, "").strip()
+    file_name = env.get(f"{name}_FILE", "").strip()
+    if value and file_name:
+        raise ConfigError(f"{name}: set either {name} or {name}_FILE, not both")
+    if file_name:
+        try:
+            value = Path(file_name).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE: cannot read {file_name} ({exc.strerror})") from None
+        if not value:
+            raise ConfigError(f"{name}_FILE: {file_name} is empty")
+    return Secret(value) if value else None
+
+
+def _check_url(key: str, url: str, schemes: tuple[str, ...]) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in schemes or not (parts.hostname or parts.scheme == "unix"):
+        raise ConfigError(f"{key}: must be a {' or '.join(schemes)} URL, got {url!r}")
+
+
+def load_settings(
+    config_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    local_catalog: Path | None = None,
+    host: str | None = None,
+    port: int | None = None,
+) -> Settings:
+    """Build settings from (lowest to highest precedence) defaults, YAML, environment, CLI."""
+    env = os.environ if env is None else env
+    if config_file is None and env.get("SIDECAR_CONFIG"):
+        config_file = Path(env["SIDECAR_CONFIG"])
+    raw = _read_yaml(config_file) if config_file is not None else {}
+    for section in raw:
+        if section not in _SECTIONS:
+            known = ", ".join(_SECTIONS)
+            raise ConfigError(f"{section}: unknown section (known: {known})")
+    sections = {name: _load_section(name, raw.get(name), env) for name in _SECTIONS}
+    server: ServerSettings = sections["server"]
+    if host is not None:
+        server = dataclasses.replace(server, host=host)
+    if port is not None:
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"--port: must be between 0 and 65535, got {port}")
+        server = dataclasses.replace(server, port=port)
+    stigg: StiggSettings = sections["stigg"]
+    _check_url("STIGG_API_URL", stigg.api_url, ("https", "http"))
+    api_key = _secret_from_env(env, "STIGG_API_KEY")
+    if api_key is not None and re.search(r"\s", api_key.reveal()):
+        raise ConfigError("STIGG_API_KEY: must not contain white space")
+    redis_url = _secret_from_env(env, "SIDECAR_REDIS_URL")
+    if redis_url is not None:
+        _check_url("SIDECAR_REDIS_URL", redis_url.reveal(), ("redis", "rediss", "unix"))
+    data_dir = Path(env["SIDECAR_DATA_DIR"]) if env.get("SIDECAR_DATA_DIR") else None
+    settings = Settings(
+        server=server,
+        stigg=stigg,
+        logging=sections["logging"],
+        api_key=api_key,
+        redis_url=redis_url,
+        local_catalog=local_catalog,
+        **({"data_dir": data_dir} if data_dir is not None else {}),
+    )
+    if not settings.is_local and settings.api_key is None:
+        raise ConfigError(
+            "STIGG_API_KEY: not set. Set it (or STIGG_API_KEY_FILE) to your Stigg server API key,"
+            " or run with --local to use the embedded emulator"
+        )
+    return settings

@@ -1,0 +1,221 @@
+"""A customer's entitlement state and the local evaluation of a check against it.
+
+Stigg answers ``entitlementsState`` once per customer (and resource); every per-feature check,
+including ``requestedUsage`` and ``requestedValues``, is then evaluated here, the way Stigg does.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+# Stigg's AccessDeniedReason enum names (a subset is produced locally).
+CUSTOMER_NOT_FOUND = "CustomerNotFound"
+NO_ACTIVE_SUBSCRIPTION = "NoActiveSubscription"
+NO_FEATURE_ENTITLEMENT = "NoFeatureEntitlementInSubscription"
+REQUESTED_USAGE_EXCEEDING_LIMIT = "RequestedUsageExceedingLimit"
+REQUESTED_VALUES_MISMATCH = "RequestedValuesMismatch"
+
+METERED = ("Incremental", "Fluctuating")
+
+
+def parse_timestamp(value: Any) -> float | None:
+    """Stigg's DateTime (ISO-8601) or epoch-milliseconds as epoch seconds."""
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value) / 1000.0
+    text = str(value)
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureEntitlement:
+    """One feature's entitlement; small and slotted, many thousands live in the cache."""
+
+    feature_id: str
+    feature_type: str  # BOOLEAN | NUMBER | ENUM
+    meter_type: str | None  # None | Incremental | Fluctuating
+    is_granted: bool
+    usage_limit: float | None
+    has_unlimited_usage: bool
+    has_soft_limit: bool
+    current_usage: float | None
+    enum_values: tuple[str, ...] | None
+    reset_period: str | None
+    usage_period_start: float | None
+    usage_period_end: float | None
+
+    @property
+    def is_metered(self) -> bool:
+        return self.feature_type == "NUMBER" and self.meter_type in METERED
+
+    @classmethod
+    def from_stigg(cls, raw: Mapping[str, Any]) -> FeatureEntitlement:
+        """Build from one ``Entitlement`` object of Stigg's ``entitlementsState``."""
+        feature = raw.get("feature") or {}
+        enum_values = raw.get("enumValues")
+        return cls(
+            # Interned: the same few feature ids repeat across every cached customer.
+            feature_id=sys.intern(str(feature.get("refId"))),
+            feature_type=sys.intern(str(feature.get("featureType") or "BOOLEAN")),
+            meter_type=feature.get("meterType"),
+            is_granted=bool(raw.get("isGranted")),
+            usage_limit=_number(raw.get("usageLimit")),
+            has_unlimited_usage=bool(raw.get("hasUnlimitedUsage")),
+            has_soft_limit=bool(raw.get("hasSoftLimit")),
+            current_usage=_number(raw.get("currentUsage")),
+            enum_values=tuple(enum_values) if enum_values is not None else None,
+            reset_period=raw.get("resetPeriod"),
+            usage_period_start=parse_timestamp(raw.get("usagePeriodStart")),
+            usage_period_end=parse_timestamp(raw.get("usagePeriodEnd")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EntitlementsState:
+    """Everything Stigg says about one customer (and resource) at ``fetched_at``."""
+
+    customer_id: str
+    resource_id: str | None
+    access_denied_reason: str | None  # customer-level: CustomerNotFound, NoActiveSubscription…
+    entitlements: Mapping[str, FeatureEntitlement]
+    fetched_at: float
+
+    @classmethod
+    def from_stigg(
+        cls, customer_id: str, resource_id: str | None, raw: Mapping[str, Any], fetched_at: float
+    ) -> EntitlementsState:
+        items = (FeatureEntitlement.from_stigg(e) for e in raw.get("entitlements") or ())
+        return cls(
+            customer_id=customer_id,
+            resource_id=resource_id,
+            access_denied_reason=raw.get("accessDeniedReason"),
+            entitlements={e.feature_id: e for e in items},
+            fetched_at=fetched_at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CheckRequest:
+    """One entitlement check as an app asks it."""
+
+    customer_id: str
+    feature_id: str
+    resource_id: str | None = None
+    requested_usage: float | None = None
+    requested_values: tuple[str, ...] | None = None
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+def _current_usage(entitlement: FeatureEntitlement, now: float) -> float | None:
+    """Usage as of ``now``: a metered period that has ended starts again from zero."""
+    if entitlement.current_usage is None:
+        return None
+    end = entitlement.usage_period_end
+    if end is not None and now >= end and entitlement.meter_type == "Incremental":
+        return 0.0
+    return entitlement.current_usage
+
+
+def evaluate(state: EntitlementsState, request: CheckRequest, now: float) -> dict[str, Any]:
+    """The answer to ``request`` from ``state``, as the REST/MCP JSON object (camelCase)."""
+    answer: dict[str, Any] = {
+        "customerId": request.customer_id,
+        "featureId": request.feature_id,
+        "resourceId": request.resource_id,
+        "hasAccess": False,
+        "isFallback": False,
+        "accessDeniedReason": None,
+        "type": None,
+        "usageLimit": None,
+        "currentUsage": None,
+        "isUnlimited": False,
+        "hasSoftLimit": False,
+        "requestedUsage": request.requested_usage,
+        "value": None,
+        "enumValues": None,
+        "requestedValues": list(request.requested_values) if request.requested_values else None,
+        "resetPeriod": None,
+        "usagePeriodStart": None,
+        "usagePeriodEnd": None,
+    }
+    if state.access_denied_reason:
+        answer["accessDeniedReason"] = state.access_denied_reason
+        return answer
+    entitlement = state.entitlements.get(request.feature_id)
+    if entitlement is None:
+        answer["accessDeniedReason"] = NO_FEATURE_ENTITLEMENT
+        return answer
+    has_access, reason = _decide(entitlement, request, now)
+    answer.update(describe(entitlement, now))
+    answer["hasAccess"] = has_access
+    answer["accessDeniedReason"] = reason
+    return answer
+
+
+def describe(entitlement: FeatureEntitlement, now: float) -> dict[str, Any]:
+    """The feature-dependent fields of an answer."""
+    fields: dict[str, Any] = {
+        "isUnlimited": entitlement.has_unlimited_usage,
+        "hasSoftLimit": entitlement.has_soft_limit,
+    }
+    if entitlement.feature_type == "ENUM":
+        fields["type"] = "ENUM"
+        fields["enumValues"] = list(entitlement.enum_values or ())
+    elif entitlement.feature_type == "NUMBER" and entitlement.is_metered:
+        fields["type"] = "METERED"
+        fields["usageLimit"] = entitlement.usage_limit
+        fields["currentUsage"] = _current_usage(entitlement, now) or 0.0
+        fields["resetPeriod"] = entitlement.reset_period
+        start, end = entitlement.usage_period_start, entitlement.usage_period_end
+        fields["usagePeriodStart"] = _iso(start)
+        fields["usagePeriodEnd"] = _iso(end)
+    elif entitlement.feature_type == "NUMBER":
+        fields["type"] = "NUMERIC"
+        fields["usageLimit"] = entitlement.usage_limit
+        fields["value"] = entitlement.usage_limit
+    else:
+        fields["type"] = "BOOLEAN"
+    return fields
+
+
+def _decide(
+    entitlement: FeatureEntitlement, request: CheckRequest, now: float
+) -> tuple[bool, str | None]:
+    if entitlement.feature_type == "ENUM":
+        allowed = set(entitlement.enum_values or ())
+        wanted: Sequence[str] = request.requested_values or ()
+        if any(value not in allowed for value in wanted):
+            return False, REQUESTED_VALUES_MISMATCH
+        return True, None
+    if not entitlement.is_metered:
+        return True, None
+    if entitlement.has_unlimited_usage or entitlement.has_soft_limit:
+        return True, None
+    limit = entitlement.usage_limit or 0.0
+    current = _current_usage(entitlement, now) or 0.0
+    # Without requestedUsage the question is "may I use it now", i.e. is any headroom left;
+    # with it, "may I use this much more", denied when current + requested > limit.
+    if request.requested_usage is None:
+        granted = current < limit
+    else:
+        granted = current + request.requested_usage <= limit
+    return (True, None) if granted else (False, REQUESTED_USAGE_EXCEEDING_LIMIT)

@@ -1,0 +1,158 @@
+"""Customers and subscriptions: input validation and the calls to Stigg."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sidecar.upstream import documents
+from sidecar.upstream.client import Upstream
+from sidecar.validation import Fields, iso
+
+BILLING_PERIODS = ("MONTHLY", "ANNUALLY")
+CANCELLATION_TIMES = ("IMMEDIATE", "END_OF_BILLING_PERIOD", "SPECIFIC_DATE")
+# Subscriptions may be scheduled ahead, unlike usage timestamps.
+_FAR_FUTURE = timedelta(days=3650)
+
+_SUBSCRIPTION_FIELDS = (
+    "planId",
+    "billingPeriod",
+    "unitQuantity",
+    "resourceId",
+    "subscriptionId",
+    "additionalMetaData",
+    "startDate",
+)
+
+
+def _subscription_input(fields: Fields) -> dict[str, Any]:
+    """The subscription part shared by provisionCustomer and provisionSubscriptionV2."""
+    params: dict[str, Any] = {"planId": fields.identifier("planId", required=True)}
+    optional = {
+        "billingPeriod": fields.choice("billingPeriod", BILLING_PERIODS),
+        "unitQuantity": fields.number("unitQuantity", minimum=1),
+        "resourceId": fields.identifier("resourceId"),
+        "subscriptionId": fields.identifier("subscriptionId"),
+        "additionalMetaData": fields.object("additionalMetaData"),
+    }
+    start = fields.timestamp("startDate", max_future=_FAR_FUTURE)
+    if start is not None:
+        optional["startDate"] = iso(start)
+    params.update({k: v for k, v in optional.items() if v is not None})
+    return params
+
+
+def provision_customer_input(body: Any) -> dict[str, Any]:
+    """``ProvisionCustomerInput`` from a ``POST /v1/customers`` body."""
+    fields = Fields(
+        body,
+        allowed=(
+            "customerId",
+            "name",
+            "email",
+            "billingId",
+            "additionalMetaData",
+            "subscriptionParams",
+        ),
+    )
+    payload: dict[str, Any] = {"customerId": fields.identifier("customerId", required=True)}
+    optional = {
+        "name": fields.string("name", max_length=500),
+        "email": fields.string("email", max_length=320),
+        "billingId": fields.string("billingId", max_length=255),
+        "additionalMetaData": fields.object("additionalMetaData"),
+    }
+    payload.update({k: v for k, v in optional.items() if v is not None})
+    subscription = fields.nested("subscriptionParams", _SUBSCRIPTION_FIELDS)
+    if subscription is not None:
+        payload["subscriptionParams"] = _subscription_input(subscription)
+    return payload
+
+
+def provision_subscription_input(body: Any) -> dict[str, Any]:
+    """``ProvisionSubscriptionInput`` from a ``POST /v1/subscriptions`` body."""
+    fields = Fields(body, allowed=("customerId", *_SUBSCRIPTION_FIELDS))
+    payload = {"customerId": fields.identifier("customerId", required=True)}
+    payload.update(_subscription_input(fields))
+    return payload
+
+
+def cancel_subscription_input(subscription_id: str, body: Any) -> dict[str, Any]:
+    """``SubscriptionCancellationInput`` from the path and an optional body."""
+    fields = Fields(body if body is not None else {}, allowed=("cancellationTime", "endDate"))
+    payload: dict[str, Any] = {"subscriptionRefId": subscription_id}
+    when = fields.choice("cancellationTime", CANCELLATION_TIMES)
+    if when is not None:
+        payload["subscriptionCancellationTime"] = when
+    end = fields.timestamp("endDate", max_future=_FAR_FUTURE)
+    if end is not None:
+        payload["endDate"] = iso(end)
+    return payload
+
+
+def _subscription(raw: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Flatten Stigg's nested subscription into the sidecar's camelCase shape."""
+    if raw is None:
+        return None
+    customer = raw.get("customer") or {}
+    plan = raw.get("plan") or {}
+    resource = raw.get("resource") or {}
+    return {
+        "subscriptionId": raw.get("subscriptionId"),
+        "customerId": customer.get("customerId"),
+        "planId": plan.get("refId"),
+        "planName": plan.get("displayName"),
+        "resourceId": resource.get("resourceId"),
+        "status": raw.get("status"),
+        "billingPeriod": raw.get("billingPeriod"),
+        "startDate": raw.get("startDate"),
+        "endDate": raw.get("endDate"),
+        "cancellationDate": raw.get("cancellationDate"),
+        "currentBillingPeriodEnd": raw.get("currentBillingPeriodEnd"),
+        "additionalMetaData": raw.get("additionalMetaData"),
+    }
+
+
+class ProvisioningService:
+    """Creates and reads customers and subscriptions in Stigg."""
+
+    def __init__(self, upstream: Upstream) -> None:
+        self._upstream = upstream
+
+    async def provision_customer(self, payload: dict[str, Any]) -> dict[str, Any]:
+        raw = await self._upstream.execute(documents.PROVISION_CUSTOMER, {"input": payload})
+        customer = dict(raw.get("customer") or {})
+        subscription = raw.get("subscription")
+        if subscription is not None:
+            subscription = {**subscription, "customer": {"customerId": customer.get("customerId")}}
+        return {
+            "customer": customer,
+            "subscription": _subscription(subscription),
+            "subscriptionDecisionStrategy": raw.get("subscriptionDecisionStrategy"),
+        }
+
+    async def get_customer(self, customer_id: str) -> dict[str, Any]:
+        raw = await self._upstream.execute(
+            documents.GET_CUSTOMER, {"input": {"customerId": customer_id}}
+        )
+        customer = dict(raw)
+        customer["subscriptions"] = [
+            _subscription({**s, "customer": {"customerId": customer_id}})
+            for s in raw.get("subscriptions") or ()
+        ]
+        return customer
+
+    async def provision_subscription(self, payload: dict[str, Any]) -> dict[str, Any]:
+        raw = await self._upstream.execute(documents.PROVISION_SUBSCRIPTION, {"input": payload})
+        return {
+            "status": raw.get("status"),
+            "checkoutUrl": raw.get("checkoutUrl"),
+            "subscription": _subscription(raw.get("subscription")),
+        }
+
+    async def cancel_subscription(self, payload: dict[str, Any]) -> dict[str, Any]:
+        raw = await self._upstream.execute(documents.CANCEL_SUBSCRIPTION, {"input": payload})
+        subscription = _subscription(raw)
+        assert subscription is not None
+        subscription["effectiveEndDate"] = raw.get("effectiveEndDate")
+        return subscription

@@ -1,0 +1,1 @@
+"""Stigg upstream: the HTTP client, its GraphQL documents and typed errors."""

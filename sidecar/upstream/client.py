@@ -1,0 +1,210 @@
+"""The one HTTP client to Stigg's GraphQL API: pooled, with timeouts, typed errors, safe retries."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import httpx
+import orjson
+
+from sidecar.config import Secret, StiggSettings
+from sidecar.upstream.documents import Operation
+from sidecar.upstream.errors import (
+    StiggError,
+    UpstreamAuthError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RawResponse:
+    """An upstream answer passed through untouched (for ``POST /graphql``)."""
+
+    status: int
+    content_type: str
+    body: bytes
+
+
+class Upstream(Protocol):
+    """What the services need from Stigg: run one known operation, or forward a raw request."""
+
+    async def execute(self, operation: Operation, variables: Mapping[str, Any]) -> Any:
+        """Send ``operation``; return its root field's data or raise an ``UpstreamError``."""
+        ...
+
+    async def forward(self, body: bytes) -> RawResponse:
+        """Send a client's GraphQL request body as it is, with the API key injected."""
+        ...
+
+
+class StiggClient:
+    """``Upstream`` over HTTP to ``settings.api_url`` (Stigg, or the emulator)."""
+
+    def __init__(
+        self,
+        settings: StiggSettings,
+        api_key: Secret,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._settings = settings
+        self._url = settings.api_url
+        timeout = httpx.Timeout(
+            connect=settings.connect_timeout_seconds,
+            read=settings.read_timeout_seconds,
+            write=settings.read_timeout_seconds,
+            pool=settings.connect_timeout_seconds,
+        )
+        limits = httpx.Limits(
+            max_connections=settings.max_connections,
+            max_keepalive_connections=settings.max_connections,
+        )
+        self._http = httpx.AsyncClient(
+            timeout=timeout,
+            limits=limits,
+            transport=transport,
+            headers={
+                "X-API-KEY": api_key.reveal(),
+                "Content-Type": "application/json",
+                "User-Agent": "stigg-sidecar",
+            },
+            # The key must only ever travel to the configured URL, never follow a redirect.
+            follow_redirects=False,
+            trust_env=False,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def execute(self, operation: Operation, variables: Mapping[str, Any]) -> Any:
+        body = orjson.dumps(
+            {"query": operation.document, "variables": variables, "operationName": operation.name}
+        )
+        retry_safe = operation.retry_safe(variables)
+        attempt = 0
+        while True:
+            try:
+                return await self._execute_once(operation, body)
+            except UpstreamError as exc:
+                delivered = not isinstance(exc, _NotDelivered)
+                retryable = isinstance(
+                    exc, UpstreamUnavailable | UpstreamTimeout | UpstreamRateLimited
+                )
+                if not retryable or attempt >= self._settings.max_retries:
+                    raise _public(exc) from None
+                if delivered and not retry_safe:
+                    raise _public(exc) from None
+                attempt += 1
+                delay = self._backoff(attempt)
+                log.warning(
+                    "stigg %s failed (%s), retry %d in %.0f ms",
+                    operation.root_field,
+                    exc.code,
+                    attempt,
+                    delay * 1000,
+                )
+                await asyncio.sleep(delay)
+
+    def _backoff(self, attempt: int) -> float:
+        """Full-jitter exponential backoff, so retries of many sidecars do not synchronise."""
+        ceiling = min(
+            self._settings.retry_backoff_max_seconds,
+            self._settings.retry_backoff_seconds * 2 ** (attempt - 1),
+        )
+        return random.uniform(0, ceiling)  # noqa: S311 - jitter, not cryptography
+
+    async def _execute_once(self, operation: Operation, body: bytes) -> Any:
+        name = operation.root_field
+        try:
+            response = await self._http.post(self._url, content=body)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise _NotDelivered(
+                f"cannot connect to Stigg ({type(exc).__name__})", operation=name
+            ) from None
+        except httpx.TimeoutException:
+            raise UpstreamTimeout("Stigg did not answer in time", operation=name) from None
+        except httpx.HTTPError as exc:
+            raise UpstreamUnavailable(
+                f"request to Stigg failed ({type(exc).__name__})", operation=name
+            ) from None
+        return _parse(response, name)
+
+    async def forward(self, body: bytes) -> RawResponse:
+        try:
+            response = await self._http.post(self._url, content=body)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise UpstreamUnavailable(
+                f"cannot connect to Stigg ({type(exc).__name__})", operation="graphql"
+            ) from None
+        except httpx.TimeoutException:
+            raise UpstreamTimeout("Stigg did not answer in time", operation="graphql") from None
+        except httpx.HTTPError as exc:
+            raise UpstreamUnavailable(
+                f"request to Stigg failed ({type(exc).__name__})", operation="graphql"
+            ) from None
+        if response.status_code in (401, 403):
+            raise UpstreamAuthError("Stigg rejected the sidecar's API key", operation="graphql")
+        return RawResponse(
+            status=response.status_code,
+            content_type=response.headers.get("content-type", "application/json"),
+            body=response.content,
+        )
+
+
+class _NotDelivered(UpstreamUnavailable):
+    """The request never reached Stigg, so even a non-idempotent call may be retried."""
+
+
+def _public(exc: UpstreamError) -> UpstreamError:
+    """Callers see the plain kind; whether a request was delivered is the client's business."""
+    if isinstance(exc, _NotDelivered):
+        return UpstreamUnavailable(exc.message, operation=exc.operation)
+    return exc
+
+
+def _parse(response: httpx.Response, name: str) -> Any:
+    status = response.status_code
+    if status in (401, 403):
+        raise UpstreamAuthError("Stigg rejected the sidecar's API key", operation=name)
+    if status == 429:
+        raise UpstreamRateLimited("Stigg rate limit reached", operation=name)
+    if status >= 500:
+        raise UpstreamUnavailable(f"Stigg answered HTTP {status}", operation=name)
+    try:
+        payload = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        raise UpstreamProtocolError(
+            f"Stigg answered HTTP {status} with a body that is not JSON", operation=name
+        ) from None
+    if not isinstance(payload, dict):
+        raise UpstreamProtocolError("Stigg answered JSON that is not an object", operation=name)
+    errors = payload.get("errors")
+    data = payload.get("data")
+    if errors:
+        first = errors[0] if isinstance(errors, list) and errors else {}
+        extensions = first.get("extensions") or {} if isinstance(first, dict) else {}
+        message = (
+            str(first.get("message", "Stigg returned an error")) if isinstance(first, dict) else ""
+        )
+        raise StiggError(
+            message,
+            stigg_code=str(extensions.get("code") or "Unknown"),
+            is_validation_error=bool(extensions.get("isValidationError")),
+            operation=name,
+        )
+    if status >= 400:
+        raise UpstreamProtocolError(f"Stigg answered HTTP {status}", operation=name)
+    if not isinstance(data, dict) or name not in data:
+        raise UpstreamProtocolError(f"Stigg's answer has no data.{name}", operation=name)
+    return data[name]

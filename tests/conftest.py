@@ -1,0 +1,113 @@
+"""Shared fixtures: the emulator on an ephemeral loopback port, the sidecar in front of it,
+and a real redis-server for integration tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from sidecar.app import create_app
+from sidecar.config import Secret, Settings, StiggSettings
+from sidecar.emulator import EmulatorServer, load_catalog
+
+REPO = Path(__file__).resolve().parent.parent
+CATALOG = REPO / "config" / "catalog.yaml"
+API_KEY = "test-api-key-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[EmulatorServer]:
+    server = EmulatorServer(load_catalog(CATALOG), API_KEY)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+def sidecar_settings(api_url: str, **stigg: object) -> Settings:
+    """Settings for a sidecar talking to ``api_url``, with short timeouts for tests."""
+    base = StiggSettings(
+        api_url=api_url,
+        read_timeout_seconds=1.0,
+        connect_timeout_seconds=0.5,
+        retry_backoff_seconds=0.01,
+        retry_backoff_max_seconds=0.05,
+    )
+    return Settings(stigg=replace(base, **stigg), api_key=Secret(API_KEY))
+
+
+async def start_sidecar(settings: Settings) -> TestClient[web.Request, web.Application]:
+    """The sidecar app on a real loopback socket, and a client for it."""
+    client = TestClient(TestServer(create_app(settings), host="127.0.0.1"))
+    await client.start_server()
+    return client
+
+
+@pytest.fixture
+async def sidecar(
+    emulator: EmulatorServer,
+) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    client = await start_sidecar(sidecar_settings(emulator.url))
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[str]:
+    """A private redis-server on a free loopback port; its URL. Stopped at the end."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        message = (
+            "redis-server is not installed: install it (Debian/Ubuntu: "
+            "'sudo apt-get install redis-server', macOS: 'brew install redis') to run "
+            "the integration tests that need Redis"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+         "--protected-mode", "yes"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"redis-server did not start on 127.0.0.1:{port}")
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()

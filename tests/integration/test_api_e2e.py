@@ -1,0 +1,385 @@
+"""Every REST route and /graphql, through the sidecar to the emulator over real sockets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from sidecar.emulator import EmulatorServer
+from tests.conftest import API_KEY, sidecar_settings, start_sidecar
+
+Client = TestClient[web.Request, web.Application]
+
+
+async def admin(emulator: EmulatorServer, method: str, path: str, **kwargs: Any) -> Any:
+    async with httpx.AsyncClient(base_url=emulator.base_url) as http:
+        response = await http.request(method, path, **kwargs)
+        response.raise_for_status()
+        return response.json()
+
+
+async def get_json(client: Client, path: str, status: int = 200, **kwargs: Any) -> Any:
+    response = await client.get(path, **kwargs)
+    assert response.status == status, await response.text()
+    assert response.content_type == "application/json"
+    return await response.json()
+
+
+async def post_json(client: Client, path: str, body: Any, status: int) -> Any:
+    response = await client.post(path, json=body)
+    assert response.status == status, await response.text()
+    assert response.content_type == "application/json"
+    return await response.json()
+
+
+def error_of(body: Any) -> dict[str, Any]:
+    assert set(body) == {"error"}
+    assert {"code", "message"} <= set(body["error"])
+    return body["error"]  # type: ignore[no-any-return]
+
+
+# --- customers and subscriptions ---------------------------------------------------------
+
+
+async def test_get_customer_from_catalog(sidecar: Client) -> None:
+    customer = await get_json(sidecar, "/v1/customers/customer-demo")
+    assert customer["customerId"] == "customer-demo"
+    assert customer["name"] == "Demo Co"
+    [subscription] = [s for s in customer["subscriptions"] if s["status"] == "ACTIVE"]
+    assert subscription["planId"] == "plan-pro"
+    assert subscription["subscriptionId"] == "subscription-demo-pro"
+
+
+async def test_unknown_customer_is_404(sidecar: Client) -> None:
+    error = error_of(await get_json(sidecar, "/v1/customers/nobody-here", status=404))
+    assert error["code"] == "not_found"
+    assert error["stiggCode"] == "CustomerNotFound"
+
+
+async def test_provision_customer_then_subscribe_then_cancel(sidecar: Client) -> None:
+    created = await post_json(
+        sidecar, "/v1/customers",
+        {"customerId": "acme", "name": "Acme", "email": "ops@acme.test",
+         "additionalMetaData": {"tier": "gold"}},
+        201,
+    )
+    assert created["customer"]["customerId"] == "acme"
+    assert created["subscription"] is None
+    denied = await get_json(sidecar, "/v1/entitlements?customerId=acme&featureId=feature-sso")
+    assert (denied["hasAccess"], denied["accessDeniedReason"]) == (False, "NoActiveSubscription")
+
+    result = await post_json(
+        sidecar, "/v1/subscriptions",
+        {"customerId": "acme", "planId": "plan-pro", "billingPeriod": "MONTHLY",
+         "subscriptionId": "sub-acme-1"},
+        201,
+    )
+    assert result["subscription"]["status"] == "ACTIVE"
+    assert result["subscription"]["planId"] == "plan-pro"
+    granted = await get_json(sidecar, "/v1/entitlements?customerId=acme&featureId=feature-sso")
+    assert granted["hasAccess"] is True
+
+    cancelled = await post_json(sidecar, "/v1/subscriptions/sub-acme-1/cancel", None, 200)
+    assert cancelled["status"] == "CANCELED"
+    after = await get_json(sidecar, "/v1/entitlements?customerId=acme&featureId=feature-sso")
+    assert after["hasAccess"] is False
+    again = error_of(await post_json(sidecar, "/v1/subscriptions/sub-acme-1/cancel", {}, 409))
+    assert again["stiggCode"] == "SubscriptionAlreadyCanceledOrExpired"
+
+
+async def test_provision_customer_with_subscription(sidecar: Client) -> None:
+    created = await post_json(
+        sidecar, "/v1/customers",
+        {"customerId": "beta", "subscriptionParams": {"planId": "plan-free"}}, 201)
+    assert created["subscription"]["planId"] == "plan-free"
+    duplicate = error_of(await post_json(sidecar, "/v1/customers", {"customerId": "beta"}, 409))
+    assert duplicate["stiggCode"] == "DuplicatedEntityNotAllowed"
+
+
+async def test_subscription_for_unknown_plan_or_customer_is_404(sidecar: Client) -> None:
+    plan = error_of(await post_json(
+        sidecar, "/v1/subscriptions", {"customerId": "customer-demo", "planId": "plan-nope"}, 404))
+    assert plan["stiggCode"] == "PlanNotFound"
+    customer = error_of(await post_json(
+        sidecar, "/v1/subscriptions", {"customerId": "ghost", "planId": "plan-pro"}, 404))
+    assert customer["stiggCode"] == "CustomerNotFound"
+    cancel = error_of(await post_json(sidecar, "/v1/subscriptions/nope/cancel", None, 404))
+    assert cancel["stiggCode"] == "SubscriptionNotFound"
+
+
+# --- entitlements ------------------------------------------------------------------------
+
+
+async def test_check_every_feature_type(sidecar: Client) -> None:
+    base = "/v1/entitlements?customerId=customer-demo&featureId="
+    sso = await get_json(sidecar, base + "feature-sso")
+    assert (sso["hasAccess"], sso["type"], sso["isFallback"]) == (True, "BOOLEAN", False)
+    projects = await get_json(sidecar, base + "feature-max-projects")
+    assert (projects["type"], projects["value"]) == ("NUMERIC", 50)
+    calls = await get_json(sidecar, base + "feature-api-calls")
+    assert calls["type"] == "METERED"
+    assert (calls["usageLimit"], calls["currentUsage"]) == (100000, 1200)
+    assert calls["isUnlimited"] is False
+    assert calls["resetPeriod"] == "MONTH"
+    assert calls["usagePeriodEnd"] is not None
+    region = await get_json(sidecar, base + "feature-region&requestedValues=us,eu")
+    assert (region["hasAccess"], region["enumValues"]) == (True, ["us", "eu"])
+    apac = await get_json(sidecar, base + "feature-region&requestedValues=apac")
+    assert (apac["hasAccess"], apac["accessDeniedReason"]) == (False, "RequestedValuesMismatch")
+
+
+async def test_requested_usage_like_stigg(sidecar: Client) -> None:
+    base = "/v1/entitlements?customerId=customer-free&featureId=feature-api-calls"
+    assert (await get_json(sidecar, base))["hasAccess"] is True  # 999 of 1000
+    assert (await get_json(sidecar, base + "&requestedUsage=1"))["hasAccess"] is True
+    over = await get_json(sidecar, base + "&requestedUsage=2")
+    assert (over["hasAccess"], over["accessDeniedReason"]) == (
+        False, "RequestedUsageExceedingLimit")
+
+
+async def test_denials_for_unknown_customer_and_feature(sidecar: Client) -> None:
+    ghost = await get_json(sidecar, "/v1/entitlements?customerId=ghost&featureId=feature-sso")
+    assert (ghost["hasAccess"], ghost["accessDeniedReason"]) == (False, "CustomerNotFound")
+    free = await get_json(sidecar, "/v1/entitlements?customerId=customer-free&featureId=feature-sso")
+    assert free["accessDeniedReason"] == "NoFeatureEntitlementInSubscription"
+    nosub = await get_json(
+        sidecar, "/v1/entitlements?customerId=customer-no-subscription&featureId=feature-sso")
+    assert nosub["accessDeniedReason"] == "NoActiveSubscription"
+
+
+async def test_list_entitlements(sidecar: Client) -> None:
+    body = await get_json(sidecar, "/v1/customers/customer-demo/entitlements")
+    assert body["customerId"] == "customer-demo"
+    by_feature = {e["featureId"]: e for e in body["entitlements"]}
+    assert {"feature-sso", "feature-api-calls", "feature-seats", "feature-region"} <= set(by_feature)
+    assert all(e["hasAccess"] is True for e in by_feature.values())
+    ghost = await get_json(sidecar, "/v1/customers/ghost/entitlements")
+    assert (ghost["accessDeniedReason"], ghost["entitlements"]) == ("CustomerNotFound", [])
+
+
+# --- usage -------------------------------------------------------------------------------
+
+
+async def test_report_usage_reaches_stigg_once_per_key(
+    sidecar: Client, emulator: EmulatorServer
+) -> None:
+    report = {"customerId": "customer-demo", "featureId": "feature-api-calls", "value": 5,
+              "idempotencyKey": "order-42"}
+    first = await post_json(sidecar, "/v1/usage", report, 200)
+    assert first["currentUsage"] == 1205
+    assert first["idempotencyKey"] == "order-42"
+    await post_json(sidecar, "/v1/usage", report, 200)  # a client retry
+    usage = await admin(emulator, "GET", "/admin/usage",
+                        params={"customerId": "customer-demo", "featureId": "feature-api-calls"})
+    assert usage["currentUsage"] == 1205
+    minted = await post_json(
+        sidecar, "/v1/usage",
+        {"customerId": "customer-demo", "featureId": "feature-seats", "value": 7,
+         "updateBehavior": "SET"}, 200)
+    assert minted["currentUsage"] == 7
+    assert minted["idempotencyKey"].startswith("sidecar-")
+
+
+async def test_report_usage_for_unknown_customer_is_404(sidecar: Client) -> None:
+    error = error_of(await post_json(
+        sidecar, "/v1/usage", {"customerId": "ghost", "featureId": "feature-api-calls",
+                               "value": 1}, 404))
+    assert error["stiggCode"] == "CustomerNotFound"
+
+
+# --- bad input ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/usage", {"featureId": "f", "value": 1}, "customerId"),
+        ("/v1/usage", {"customerId": "c", "featureId": "f", "value": "1"}, "value"),
+        ("/v1/usage", {"customerId": "c", "featureId": "f", "value": True}, "value"),
+        ("/v1/usage", {"customerId": "c", "featureId": "f", "value": 1e400}, "value"),
+        ("/v1/usage", {"customerId": "c", "featureId": "f", "value": 1,
+                       "updateBehavior": "ADD"}, "updateBehavior"),
+        ("/v1/usage", {"customerId": "c", "featureId": "f", "value": 1,
+                       "timestamp": "2999-01-01T00:00:00Z"}, "timestamp"),
+        ("/v1/usage", {"customerId": "c", "featureId": "f", "value": 1,
+                       "timestamp": "yesterday"}, "timestamp"),
+        ("/v1/usage", {"customerId": "c", "featureId": "f", "value": 1,
+                       "dimensions": {"a": [1]}}, "dimensions.a"),
+        ("/v1/usage", {"customerId": "c", "featureId": "f", "value": 1, "extra": 1}, "extra"),
+        ("/v1/usage", {"customerId": "bad id", "featureId": "f", "value": 1}, "customerId"),
+        ("/v1/usage", [1, 2], "body"),
+        ("/v1/customers", {"name": "x"}, "customerId"),
+        ("/v1/customers", {"customerId": "c", "subscriptionParams": {"planId": 3}},
+         "subscriptionParams.planId"),
+        ("/v1/subscriptions", {"customerId": "c"}, "planId"),
+        ("/v1/subscriptions", {"customerId": "c", "planId": "p", "billingPeriod": "WEEKLY"},
+         "billingPeriod"),
+        ("/v1/subscriptions", {"customerId": "c", "planId": "p", "unitQuantity": 0},
+         "unitQuantity"),
+    ],
+)
+async def test_bad_bodies_get_400_naming_the_field(
+    sidecar: Client, emulator: EmulatorServer, path: str, body: Any, field: str
+) -> None:
+    error = error_of(await post_json(sidecar, path, body, 400))
+    assert error["code"] == "invalid_request"
+    assert error["field"] == field
+    assert field.split(".")[0] in error["message"]
+    counters = await admin(emulator, "GET", "/admin/counters")
+    assert counters["calls"] == {}  # nothing reached Stigg
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("featureId=feature-sso", "customerId"),
+        ("customerId=customer-demo", "featureId"),
+        ("customerId=customer-demo&featureId=feature-sso&requestedUsage=lots", "requestedUsage"),
+        ("customerId=customer-demo&featureId=feature-sso&requestedUsage=nan", "requestedUsage"),
+        ("customerId=customer-demo&featureId=feature-sso&requestedUsage=-1", "requestedUsage"),
+        ("customerId=customer-demo&featureId=feature-sso&featureID=x", "featureID"),
+    ],
+)
+async def test_bad_check_queries_get_400(sidecar: Client, query: str, field: str) -> None:
+    error = error_of(await get_json(sidecar, f"/v1/entitlements?{query}", status=400))
+    assert error["field"] == field
+
+
+async def test_malformed_json_unknown_route_wrong_method_and_huge_body(sidecar: Client) -> None:
+    response = await sidecar.post("/v1/usage", data=b"{not json",
+                                  headers={"Content-Type": "application/json"})
+    assert response.status == 400
+    assert error_of(await response.json())["code"] == "invalid_json"
+    response = await sidecar.post("/v1/usage", data=b'{"value": NaN}')
+    assert response.status == 400
+    assert error_of(await get_json(sidecar, "/v2/nothing", status=404))["code"] == "not_found"
+    response = await sidecar.delete("/v1/usage")
+    assert response.status == 405
+    assert error_of(await response.json())["code"] == "method_not_allowed"
+    response = await sidecar.post("/v1/usage", data=b"[" + b"1," * 600_000 + b"1]")
+    assert response.status == 413
+    assert error_of(await response.json())["code"] == "payload_too_large"
+    # The process keeps serving after all of that.
+    assert (await get_json(sidecar, "/v1/customers/customer-demo"))["customerId"]
+
+
+# --- graphql passthrough -----------------------------------------------------------------
+
+
+async def test_graphql_passthrough(sidecar: Client, emulator: EmulatorServer) -> None:
+    query = ('query($q: FetchEntitlementsQuery!) { entitlementsState(query: $q) '
+             '{ accessDeniedReason entitlements { feature { refId } } } }')
+    response = await sidecar.post(
+        "/graphql", json={"query": query, "variables": {"q": {"customerId": "customer-demo"}}},
+        headers={"X-API-KEY": "attacker-key"})  # ignored: the sidecar injects its own
+    assert response.status == 200
+    body = await response.json()
+    refs = {e["feature"]["refId"] for e in body["data"]["entitlementsState"]["entitlements"]}
+    assert "feature-sso" in refs
+    invalid = await sidecar.post("/graphql", json={"query": "{ noSuchField }"})
+    assert invalid.status == 400
+    assert "errors" in await invalid.json()  # Stigg's own GraphQL error, passed through
+    missing = await sidecar.post("/graphql", json={"variables": {}})
+    assert error_of(await missing.json())["field"] == "query"
+
+
+# --- upstream faults ---------------------------------------------------------------------
+
+
+async def test_upstream_5xx_is_503_and_recovers(sidecar: Client, emulator: EmulatorServer) -> None:
+    await admin(emulator, "POST", "/admin/faults", json={"status": 500})
+    error = error_of(await get_json(
+        sidecar, "/v1/entitlements?customerId=customer-demo&featureId=feature-sso", status=503))
+    assert error["code"] == "upstream_unavailable"
+    await admin(emulator, "DELETE", "/admin/faults")
+    ok = await get_json(sidecar, "/v1/entitlements?customerId=customer-demo&featureId=feature-sso")
+    assert ok["hasAccess"] is True
+
+
+async def test_transient_5xx_on_a_read_is_retried(sidecar: Client, emulator: EmulatorServer) -> None:
+    await admin(emulator, "POST", "/admin/faults", json={"status": 503, "times": 1})
+    ok = await get_json(sidecar, "/v1/customers/customer-demo")
+    assert ok["customerId"] == "customer-demo"
+
+
+async def test_upstream_hang_is_504(emulator: EmulatorServer) -> None:
+    client = await start_sidecar(sidecar_settings(emulator.url, read_timeout_seconds=0.2,
+                                                  max_retries=0))
+    try:
+        await admin(emulator, "POST", "/admin/faults", json={"hang": True})
+        error = error_of(await get_json(client, "/v1/customers/customer-demo", status=504))
+        assert error["code"] == "upstream_timeout"
+    finally:
+        await admin(emulator, "DELETE", "/admin/faults")
+        await client.close()
+
+
+async def test_rate_limited_is_503_with_retry_after(sidecar: Client, emulator: EmulatorServer) -> None:
+    await admin(emulator, "POST", "/admin/faults", json={"status": 429})
+    response = await sidecar.get("/v1/customers/customer-demo")
+    assert response.status == 503
+    assert response.headers["Retry-After"] == "1"
+    assert error_of(await response.json())["code"] == "upstream_rate_limited"
+
+
+async def test_wrong_api_key_is_502_and_never_echoed(emulator: EmulatorServer) -> None:
+    settings = sidecar_settings(emulator.url)
+    from dataclasses import replace
+
+    from sidecar.config import Secret
+
+    client = await start_sidecar(replace(settings, api_key=Secret("wrong-key-xyz")))
+    try:
+        for path in ("/v1/customers/customer-demo",
+                     "/v1/entitlements?customerId=customer-demo&featureId=feature-sso"):
+            response = await client.get(path)
+            text = await response.text()
+            assert response.status == 502
+            assert "wrong-key-xyz" not in text
+            assert API_KEY not in text
+            assert error_of(await response.json())["code"] == "upstream_auth_failed"
+        response = await client.post("/graphql", json={"query": "{ __typename }"})
+        assert response.status == 502
+    finally:
+        await client.close()
+
+
+async def test_unreachable_upstream_is_503() -> None:
+    from tests.conftest import free_port
+
+    client = await start_sidecar(sidecar_settings(f"http://127.0.0.1:{free_port()}/graphql"))
+    try:
+        error = error_of(await get_json(client, "/v1/customers/customer-demo", status=503))
+        assert error["code"] == "upstream_unavailable"
+    finally:
+        await client.close()
+
+
+# --- OpenAPI -----------------------------------------------------------------------------
+
+
+async def test_openapi_describes_every_route(sidecar: Client) -> None:
+    document = await get_json(sidecar, "/openapi.json")
+    assert document["openapi"].startswith("3.1")
+    served = set()
+    for resource in sidecar.app.router.resources():
+        info = resource.get_info()
+        served.add(info.get("path") or info.get("formatter"))
+    assert served <= set(document["paths"])
+    for path, methods in document["paths"].items():
+        for method, operation in methods.items():
+            assert operation["responses"], (path, method)
+            for status, response in operation["responses"].items():
+                if status.startswith(("4", "5")):
+                    schema = response["content"]["application/json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/Error"}
+
+
+async def test_openapi_document_is_valid_openapi_31(sidecar: Client) -> None:
+    from openapi_spec_validator import validate
+
+    validate(await get_json(sidecar, "/openapi.json"))  # raises on any violation
