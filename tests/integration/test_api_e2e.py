@@ -62,9 +62,14 @@ async def test_unknown_customer_is_404(sidecar: Client) -> None:
 
 async def test_provision_customer_then_subscribe_then_cancel(sidecar: Client) -> None:
     created = await post_json(
-        sidecar, "/v1/customers",
-        {"customerId": "acme", "name": "Acme", "email": "ops@acme.test",
-         "additionalMetaData": {"tier": "gold"}},
+        sidecar,
+        "/v1/customers",
+        {
+            "customerId": "acme",
+            "name": "Acme",
+            "email": "ops@acme.test",
+            "additionalMetaData": {"tier": "gold"},
+        },
         201,
     )
     assert created["customer"]["customerId"] == "acme"
@@ -73,9 +78,14 @@ async def test_provision_customer_then_subscribe_then_cancel(sidecar: Client) ->
     assert (denied["hasAccess"], denied["accessDeniedReason"]) == (False, "NoActiveSubscription")
 
     result = await post_json(
-        sidecar, "/v1/subscriptions",
-        {"customerId": "acme", "planId": "plan-pro", "billingPeriod": "MONTHLY",
-         "subscriptionId": "sub-acme-1"},
+        sidecar,
+        "/v1/subscriptions",
+        {
+            "customerId": "acme",
+            "planId": "plan-pro",
+            "billingPeriod": "MONTHLY",
+            "subscriptionId": "sub-acme-1",
+        },
         201,
     )
     assert result["subscription"]["status"] == "ACTIVE"
@@ -93,19 +103,31 @@ async def test_provision_customer_then_subscribe_then_cancel(sidecar: Client) ->
 
 async def test_provision_customer_with_subscription(sidecar: Client) -> None:
     created = await post_json(
-        sidecar, "/v1/customers",
-        {"customerId": "beta", "subscriptionParams": {"planId": "plan-free"}}, 201)
+        sidecar,
+        "/v1/customers",
+        {"customerId": "beta", "subscriptionParams": {"planId": "plan-free"}},
+        201,
+    )
     assert created["subscription"]["planId"] == "plan-free"
     duplicate = error_of(await post_json(sidecar, "/v1/customers", {"customerId": "beta"}, 409))
     assert duplicate["stiggCode"] == "DuplicatedEntityNotAllowed"
 
 
 async def test_subscription_for_unknown_plan_or_customer_is_404(sidecar: Client) -> None:
-    plan = error_of(await post_json(
-        sidecar, "/v1/subscriptions", {"customerId": "customer-demo", "planId": "plan-nope"}, 404))
+    plan = error_of(
+        await post_json(
+            sidecar,
+            "/v1/subscriptions",
+            {"customerId": "customer-demo", "planId": "plan-nope"},
+            404,
+        )
+    )
     assert plan["stiggCode"] == "PlanNotFound"
-    customer = error_of(await post_json(
-        sidecar, "/v1/subscriptions", {"customerId": "ghost", "planId": "plan-pro"}, 404))
+    customer = error_of(
+        await post_json(
+            sidecar, "/v1/subscriptions", {"customerId": "ghost", "planId": "plan-pro"}, 404
+        )
+    )
     assert customer["stiggCode"] == "CustomerNotFound"
     cancel = error_of(await post_json(sidecar, "/v1/subscriptions/nope/cancel", None, 404))
     assert cancel["stiggCode"] == "SubscriptionNotFound"
@@ -138,16 +160,21 @@ async def test_requested_usage_like_stigg(sidecar: Client) -> None:
     assert (await get_json(sidecar, base + "&requestedUsage=1"))["hasAccess"] is True
     over = await get_json(sidecar, base + "&requestedUsage=2")
     assert (over["hasAccess"], over["accessDeniedReason"]) == (
-        False, "RequestedUsageExceedingLimit")
+        False,
+        "RequestedUsageExceedingLimit",
+    )
 
 
 async def test_denials_for_unknown_customer_and_feature(sidecar: Client) -> None:
     ghost = await get_json(sidecar, "/v1/entitlements?customerId=ghost&featureId=feature-sso")
     assert (ghost["hasAccess"], ghost["accessDeniedReason"]) == (False, "CustomerNotFound")
-    free = await get_json(sidecar, "/v1/entitlements?customerId=customer-free&featureId=feature-sso")
+    free = await get_json(
+        sidecar, "/v1/entitlements?customerId=customer-free&featureId=feature-sso"
+    )
     assert free["accessDeniedReason"] == "NoFeatureEntitlementInSubscription"
     nosub = await get_json(
-        sidecar, "/v1/entitlements?customerId=customer-no-subscription&featureId=feature-sso")
+        sidecar, "/v1/entitlements?customerId=customer-no-subscription&featureId=feature-sso"
+    )
     assert nosub["accessDeniedReason"] == "NoActiveSubscription"
 
 
@@ -155,7 +182,9 @@ async def test_list_entitlements(sidecar: Client) -> None:
     body = await get_json(sidecar, "/v1/customers/customer-demo/entitlements")
     assert body["customerId"] == "customer-demo"
     by_feature = {e["featureId"]: e for e in body["entitlements"]}
-    assert {"feature-sso", "feature-api-calls", "feature-seats", "feature-region"} <= set(by_feature)
+    assert {"feature-sso", "feature-api-calls", "feature-seats", "feature-region"} <= set(
+        by_feature
+    )
     assert all(e["hasAccess"] is True for e in by_feature.values())
     ghost = await get_json(sidecar, "/v1/customers/ghost/entitlements")
     assert (ghost["accessDeniedReason"], ghost["entitlements"]) == ("CustomerNotFound", [])
@@ -167,27 +196,47 @@ async def test_list_entitlements(sidecar: Client) -> None:
 async def test_report_usage_reaches_stigg_once_per_key(
     sidecar: Client, emulator: EmulatorServer
 ) -> None:
-    report = {"customerId": "customer-demo", "featureId": "feature-api-calls", "value": 5,
-              "idempotencyKey": "order-42"}
+    report = {
+        "customerId": "customer-demo",
+        "featureId": "feature-api-calls",
+        "value": 5,
+        "idempotencyKey": "order-42",
+    }
     first = await post_json(sidecar, "/v1/usage", report, 200)
     assert first["currentUsage"] == 1205
     assert first["idempotencyKey"] == "order-42"
     await post_json(sidecar, "/v1/usage", report, 200)  # a client retry
-    usage = await admin(emulator, "GET", "/admin/usage",
-                        params={"customerId": "customer-demo", "featureId": "feature-api-calls"})
+    usage = await admin(
+        emulator,
+        "GET",
+        "/admin/usage",
+        params={"customerId": "customer-demo", "featureId": "feature-api-calls"},
+    )
     assert usage["currentUsage"] == 1205
     minted = await post_json(
-        sidecar, "/v1/usage",
-        {"customerId": "customer-demo", "featureId": "feature-seats", "value": 7,
-         "updateBehavior": "SET"}, 200)
+        sidecar,
+        "/v1/usage",
+        {
+            "customerId": "customer-demo",
+            "featureId": "feature-seats",
+            "value": 7,
+            "updateBehavior": "SET",
+        },
+        200,
+    )
     assert minted["currentUsage"] == 7
     assert minted["idempotencyKey"].startswith("sidecar-")
 
 
 async def test_report_usage_for_unknown_customer_is_404(sidecar: Client) -> None:
-    error = error_of(await post_json(
-        sidecar, "/v1/usage", {"customerId": "ghost", "featureId": "feature-api-calls",
-                               "value": 1}, 404))
+    error = error_of(
+        await post_json(
+            sidecar,
+            "/v1/usage",
+            {"customerId": "ghost", "featureId": "feature-api-calls", "value": 1},
+            404,
+        )
+    )
     assert error["stiggCode"] == "CustomerNotFound"
 
 
@@ -200,26 +249,46 @@ async def test_report_usage_for_unknown_customer_is_404(sidecar: Client) -> None
         ("/v1/usage", {"featureId": "f", "value": 1}, "customerId"),
         ("/v1/usage", {"customerId": "c", "featureId": "f", "value": "1"}, "value"),
         ("/v1/usage", {"customerId": "c", "featureId": "f", "value": True}, "value"),
-        ("/v1/usage", {"customerId": "c", "featureId": "f", "value": 1e400}, "value"),
-        ("/v1/usage", {"customerId": "c", "featureId": "f", "value": 1,
-                       "updateBehavior": "ADD"}, "updateBehavior"),
-        ("/v1/usage", {"customerId": "c", "featureId": "f", "value": 1,
-                       "timestamp": "2999-01-01T00:00:00Z"}, "timestamp"),
-        ("/v1/usage", {"customerId": "c", "featureId": "f", "value": 1,
-                       "timestamp": "yesterday"}, "timestamp"),
-        ("/v1/usage", {"customerId": "c", "featureId": "f", "value": 1,
-                       "dimensions": {"a": [1]}}, "dimensions.a"),
+        (
+            "/v1/usage",
+            {"customerId": "c", "featureId": "f", "value": 1, "updateBehavior": "ADD"},
+            "updateBehavior",
+        ),
+        (
+            "/v1/usage",
+            {"customerId": "c", "featureId": "f", "value": 1, "timestamp": "2999-01-01T00:00:00Z"},
+            "timestamp",
+        ),
+        (
+            "/v1/usage",
+            {"customerId": "c", "featureId": "f", "value": 1, "timestamp": "yesterday"},
+            "timestamp",
+        ),
+        (
+            "/v1/usage",
+            {"customerId": "c", "featureId": "f", "value": 1, "dimensions": {"a": [1]}},
+            "dimensions.a",
+        ),
         ("/v1/usage", {"customerId": "c", "featureId": "f", "value": 1, "extra": 1}, "extra"),
         ("/v1/usage", {"customerId": "bad id", "featureId": "f", "value": 1}, "customerId"),
         ("/v1/usage", [1, 2], "body"),
         ("/v1/customers", {"name": "x"}, "customerId"),
-        ("/v1/customers", {"customerId": "c", "subscriptionParams": {"planId": 3}},
-         "subscriptionParams.planId"),
+        (
+            "/v1/customers",
+            {"customerId": "c", "subscriptionParams": {"planId": 3}},
+            "subscriptionParams.planId",
+        ),
         ("/v1/subscriptions", {"customerId": "c"}, "planId"),
-        ("/v1/subscriptions", {"customerId": "c", "planId": "p", "billingPeriod": "WEEKLY"},
-         "billingPeriod"),
-        ("/v1/subscriptions", {"customerId": "c", "planId": "p", "unitQuantity": 0},
-         "unitQuantity"),
+        (
+            "/v1/subscriptions",
+            {"customerId": "c", "planId": "p", "billingPeriod": "WEEKLY"},
+            "billingPeriod",
+        ),
+        (
+            "/v1/subscriptions",
+            {"customerId": "c", "planId": "p", "unitQuantity": 0},
+            "unitQuantity",
+        ),
     ],
 )
 async def test_bad_bodies_get_400_naming_the_field(
@@ -250,12 +319,15 @@ async def test_bad_check_queries_get_400(sidecar: Client, query: str, field: str
 
 
 async def test_malformed_json_unknown_route_wrong_method_and_huge_body(sidecar: Client) -> None:
-    response = await sidecar.post("/v1/usage", data=b"{not json",
-                                  headers={"Content-Type": "application/json"})
+    response = await sidecar.post(
+        "/v1/usage", data=b"{not json", headers={"Content-Type": "application/json"}
+    )
     assert response.status == 400
     assert error_of(await response.json())["code"] == "invalid_json"
-    response = await sidecar.post("/v1/usage", data=b'{"value": NaN}')
-    assert response.status == 400
+    for non_finite in (b'{"value": NaN}', b'{"value": 1e400}'):
+        response = await sidecar.post("/v1/usage", data=non_finite)
+        assert response.status == 400
+        assert error_of(await response.json())["code"] == "invalid_json"
     assert error_of(await get_json(sidecar, "/v2/nothing", status=404))["code"] == "not_found"
     response = await sidecar.delete("/v1/usage")
     assert response.status == 405
@@ -271,11 +343,15 @@ async def test_malformed_json_unknown_route_wrong_method_and_huge_body(sidecar: 
 
 
 async def test_graphql_passthrough(sidecar: Client, emulator: EmulatorServer) -> None:
-    query = ('query($q: FetchEntitlementsQuery!) { entitlementsState(query: $q) '
-             '{ accessDeniedReason entitlements { feature { refId } } } }')
+    query = (
+        "query($q: FetchEntitlementsQuery!) { entitlementsState(query: $q) "
+        "{ accessDeniedReason entitlements { feature { refId } } } }"
+    )
     response = await sidecar.post(
-        "/graphql", json={"query": query, "variables": {"q": {"customerId": "customer-demo"}}},
-        headers={"X-API-KEY": "attacker-key"})  # ignored: the sidecar injects its own
+        "/graphql",
+        json={"query": query, "variables": {"q": {"customerId": "customer-demo"}}},
+        headers={"X-API-KEY": "attacker-key"},
+    )  # ignored: the sidecar injects its own
     assert response.status == 200
     body = await response.json()
     refs = {e["feature"]["refId"] for e in body["data"]["entitlementsState"]["entitlements"]}
@@ -292,23 +368,29 @@ async def test_graphql_passthrough(sidecar: Client, emulator: EmulatorServer) ->
 
 async def test_upstream_5xx_is_503_and_recovers(sidecar: Client, emulator: EmulatorServer) -> None:
     await admin(emulator, "POST", "/admin/faults", json={"status": 500})
-    error = error_of(await get_json(
-        sidecar, "/v1/entitlements?customerId=customer-demo&featureId=feature-sso", status=503))
+    error = error_of(
+        await get_json(
+            sidecar, "/v1/entitlements?customerId=customer-demo&featureId=feature-sso", status=503
+        )
+    )
     assert error["code"] == "upstream_unavailable"
     await admin(emulator, "DELETE", "/admin/faults")
     ok = await get_json(sidecar, "/v1/entitlements?customerId=customer-demo&featureId=feature-sso")
     assert ok["hasAccess"] is True
 
 
-async def test_transient_5xx_on_a_read_is_retried(sidecar: Client, emulator: EmulatorServer) -> None:
+async def test_transient_5xx_on_a_read_is_retried(
+    sidecar: Client, emulator: EmulatorServer
+) -> None:
     await admin(emulator, "POST", "/admin/faults", json={"status": 503, "times": 1})
     ok = await get_json(sidecar, "/v1/customers/customer-demo")
     assert ok["customerId"] == "customer-demo"
 
 
 async def test_upstream_hang_is_504(emulator: EmulatorServer) -> None:
-    client = await start_sidecar(sidecar_settings(emulator.url, read_timeout_seconds=0.2,
-                                                  max_retries=0))
+    client = await start_sidecar(
+        sidecar_settings(emulator.url, read_timeout_seconds=0.2, max_retries=0)
+    )
     try:
         await admin(emulator, "POST", "/admin/faults", json={"hang": True})
         error = error_of(await get_json(client, "/v1/customers/customer-demo", status=504))
@@ -318,7 +400,9 @@ async def test_upstream_hang_is_504(emulator: EmulatorServer) -> None:
         await client.close()
 
 
-async def test_rate_limited_is_503_with_retry_after(sidecar: Client, emulator: EmulatorServer) -> None:
+async def test_rate_limited_is_503_with_retry_after(
+    sidecar: Client, emulator: EmulatorServer
+) -> None:
     await admin(emulator, "POST", "/admin/faults", json={"status": 429})
     response = await sidecar.get("/v1/customers/customer-demo")
     assert response.status == 503
@@ -334,8 +418,10 @@ async def test_wrong_api_key_is_502_and_never_echoed(emulator: EmulatorServer) -
 
     client = await start_sidecar(replace(settings, api_key=Secret("wrong-key-xyz")))
     try:
-        for path in ("/v1/customers/customer-demo",
-                     "/v1/entitlements?customerId=customer-demo&featureId=feature-sso"):
+        for path in (
+            "/v1/customers/customer-demo",
+            "/v1/entitlements?customerId=customer-demo&featureId=feature-sso",
+        ):
             response = await client.get(path)
             text = await response.text()
             assert response.status == 502

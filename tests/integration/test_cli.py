@@ -1,4 +1,4 @@
-"""The command line as a newcomer uses it: a real subprocess, real sockets, the README's examples."""
+"""The command line as a newcomer uses it: real subprocesses, sockets and README examples."""
 
 from __future__ import annotations
 
@@ -32,7 +32,11 @@ def sidecar_env(**extra: str) -> dict[str, str]:
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "sidecar", *args],
-        env=env or sidecar_env(), cwd=REPO, capture_output=True, text=True, timeout=60,
+        env=env or sidecar_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
         check=False,
     )
 
@@ -41,7 +45,9 @@ def wait_until_serving(url: str, process: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"sidecar exited early: {process.stderr.read() if process.stderr else ''}")
+            raise AssertionError(
+                f"sidecar exited early: {process.stderr.read() if process.stderr else ''}"
+            )
         try:
             httpx.get(url, timeout=0.5)
             return
@@ -55,7 +61,11 @@ def local_sidecar() -> Iterator[tuple[str, subprocess.Popen[str]]]:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "sidecar", "--local", "--port", str(port)],
-        env=sidecar_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=sidecar_env(),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -100,8 +110,10 @@ def test_local_serves_and_stops_cleanly_on_sigterm(
     local_sidecar: tuple[str, subprocess.Popen[str]],
 ) -> None:
     base, process = local_sidecar
-    answer = httpx.get(f"{base}/v1/entitlements",
-                       params={"customerId": "customer-demo", "featureId": "feature-sso"})
+    answer = httpx.get(
+        f"{base}/v1/entitlements",
+        params={"customerId": "customer-demo", "featureId": "feature-sso"},
+    )
     assert answer.status_code == 200
     assert answer.json()["hasAccess"] is True
     process.send_signal(signal.SIGTERM)
@@ -117,7 +129,7 @@ def readme_examples() -> list[tuple[str, Any]]:
             if line.startswith("curl "):
                 examples.append((line, None))
             elif line.startswith("# → "):
-                examples[-1] = (examples[-1][0], json.loads(line[len("# → "):]))
+                examples[-1] = (examples[-1][0], json.loads(line[len("# → ") :]))
     return examples
 
 

@@ -1,6 +1,5 @@
-from pathlib import Path
-
 import dataclasses
+from pathlib import Path
 
 import pytest
 import yaml
@@ -61,15 +60,16 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
         ("server: [\n", {}, "not valid YAML"),
     ],
 )
-def test_bad_values_name_the_key(tmp_path: Path, yaml_text: str, env: dict[str, str],
-                                 expected: str) -> None:
+def test_bad_values_name_the_key(
+    tmp_path: Path, yaml_text: str, env: dict[str, str], expected: str
+) -> None:
     with pytest.raises(ConfigError) as error:
         load_settings(write(tmp_path, yaml_text), {**KEY, **env})
     assert expected in str(error.value)
 
 
 def test_refuses_to_start_without_api_key_unless_local() -> None:
-    with pytest.raises(ConfigError, match="STIGG_API_KEY: not set.*--local"):
+    with pytest.raises(ConfigError, match=r"STIGG_API_KEY: not set.*--local"):
         load_settings(env={})
     assert load_settings(env={}, local_catalog=Path("config/catalog.yaml")).is_local
 
@@ -80,13 +80,17 @@ def test_api_key_from_mounted_file(tmp_path: Path) -> None:
     settings = load_settings(env={"STIGG_API_KEY_FILE": str(key_file)})
     assert settings.api_key is not None
     assert settings.api_key.reveal() == "from-file-key"
-    with pytest.raises(ConfigError, match="STIGG_API_KEY_FILE: cannot read"):
+    with pytest.raises(ConfigError, match=r"STIGG_API_KEY_FILE: cannot read"):
         load_settings(env={"STIGG_API_KEY_FILE": str(tmp_path / "missing")})
 
 
 def test_api_key_never_appears_in_reprs() -> None:
-    settings = load_settings(env={"STIGG_API_KEY": "super-secret-key",
-                                  "SIDECAR_REDIS_URL": "redis://:pw-secret@127.0.0.1:6379/0"})
+    settings = load_settings(
+        env={
+            "STIGG_API_KEY": "super-secret-key",
+            "SIDECAR_REDIS_URL": "redis://:pw-secret@127.0.0.1:6379/0",
+        }
+    )
     text = repr(settings) + str(settings)
     assert "super-secret-key" not in text
     assert "pw-secret" not in text
@@ -94,7 +98,7 @@ def test_api_key_never_appears_in_reprs() -> None:
 
 
 def test_api_key_is_not_accepted_from_the_yaml_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="stigg.apiKey: unknown key"):
+    with pytest.raises(ConfigError, match=r"stigg\.apiKey: unknown key"):
         load_settings(write(tmp_path, "stigg:\n  apiKey: k\n"), KEY)
 
 

@@ -7,8 +7,9 @@ from sidecar.entitlements.model import CheckRequest, EntitlementsState, evaluate
 NOW = 1_800_000_000.0
 
 
-def feature(ref_id: str, feature_type: str, meter_type: str | None = None,
-            **fields: Any) -> dict[str, Any]:
+def feature(
+    ref_id: str, feature_type: str, meter_type: str | None = None, **fields: Any
+) -> dict[str, Any]:
     return {
         "isGranted": True,
         "hasUnlimitedUsage": False,
@@ -25,12 +26,25 @@ STATE = EntitlementsState.from_stigg(
         "entitlements": [
             feature("sso", "BOOLEAN"),
             feature("projects", "NUMBER", "None", usageLimit=5),
-            feature("calls", "NUMBER", "Incremental", usageLimit=100, currentUsage=99,
-                    resetPeriod="MONTH", usagePeriodStart="2026-11-01T00:00:00Z",
-                    usagePeriodEnd="2030-01-01T00:00:00Z"),
+            feature(
+                "calls",
+                "NUMBER",
+                "Incremental",
+                usageLimit=100,
+                currentUsage=99,
+                resetPeriod="MONTH",
+                usagePeriodStart="2026-11-01T00:00:00Z",
+                usagePeriodEnd="2030-01-01T00:00:00Z",
+            ),
             feature("seats", "NUMBER", "Fluctuating", usageLimit=10, currentUsage=10),
-            feature("storage", "NUMBER", "Incremental", usageLimit=10, currentUsage=50,
-                    hasSoftLimit=True),
+            feature(
+                "storage",
+                "NUMBER",
+                "Incremental",
+                usageLimit=10,
+                currentUsage=50,
+                hasSoftLimit=True,
+            ),
             feature("ai", "NUMBER", "Incremental", hasUnlimitedUsage=True, currentUsage=1e9),
             feature("region", "ENUM", enumValues=["us", "eu"]),
         ],
@@ -56,7 +70,11 @@ def test_boolean_granted_and_shape() -> None:
 def test_numeric_configuration_value() -> None:
     answer = check("projects")
     assert (answer["hasAccess"], answer["type"], answer["value"], answer["usageLimit"]) == (
-        True, "NUMERIC", 5.0, 5.0)
+        True,
+        "NUMERIC",
+        5.0,
+        5.0,
+    )
 
 
 def test_metered_headroom_and_requested_usage() -> None:
@@ -101,17 +119,32 @@ def test_feature_not_in_subscription() -> None:
 @pytest.mark.parametrize("reason", ["CustomerNotFound", "NoActiveSubscription"])
 def test_customer_level_denial(reason: str) -> None:
     state = EntitlementsState.from_stigg(
-        "c2", None, {"accessDeniedReason": reason, "entitlements": []}, NOW)
+        "c2", None, {"accessDeniedReason": reason, "entitlements": []}, NOW
+    )
     answer = evaluate(state, CheckRequest("c2", "sso"), NOW)
     assert answer["hasAccess"] is False
     assert answer["accessDeniedReason"] == reason
 
 
 def test_ended_usage_period_resets_usage_to_zero() -> None:
-    state = EntitlementsState.from_stigg("c1", None, {"entitlements": [
-        feature("calls", "NUMBER", "Incremental", usageLimit=100, currentUsage=100,
-                resetPeriod="MONTH", usagePeriodEnd="2026-12-01T00:00:00Z"),
-    ]}, NOW)
+    state = EntitlementsState.from_stigg(
+        "c1",
+        None,
+        {
+            "entitlements": [
+                feature(
+                    "calls",
+                    "NUMBER",
+                    "Incremental",
+                    usageLimit=100,
+                    currentUsage=100,
+                    resetPeriod="MONTH",
+                    usagePeriodEnd="2026-12-01T00:00:00Z",
+                ),
+            ]
+        },
+        NOW,
+    )
     before = CheckRequest("c1", "calls")
     end = 1_796_083_200.0  # 2026-12-01T00:00:00Z
     assert evaluate(state, before, end - 1)["hasAccess"] is False
