@@ -1,67 +1,166 @@
-"""The application factory: wires settings, the upstream and the services into one aiohttp app."""
+"""The application factory: wires settings, the upstream and the services into one aiohttp app.
+
+Every client and background task is created in a ``cleanup_ctx`` (after startup) and closed in
+reverse order on shutdown.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
+import redis.asyncio as redis
 from aiohttp import web
 
 from sidecar.api.errors import error_middleware
 from sidecar.api.graphql import graphql_passthrough
-from sidecar.api.http import SERVICES, Services
+from sidecar.api.http import SERVICES, SETTINGS, Services
 from sidecar.api.openapi import openapi_document
 from sidecar.api.rest import routes
+from sidecar.api.webhooks import webhook_routes
+from sidecar.cache.broadcast import RedisBroadcast
+from sidecar.cache.memory import MemoryStore
+from sidecar.cache.redis_store import RedisStore
 from sidecar.config import Secret, Settings
+from sidecar.entitlements.model import EntitlementsState
 from sidecar.entitlements.service import EntitlementService
 from sidecar.provisioning import ProvisioningService
 from sidecar.upstream.client import StiggClient, Upstream
+from sidecar.upstream.realtime import RealtimeListener
 from sidecar.usage.service import UsageService
 
 log = logging.getLogger(__name__)
 
-SETTINGS = web.AppKey("settings", Settings)
+UPSTREAM = web.AppKey("upstream", Upstream)
+# The Stigg URL and key in use (with --local: the embedded emulator's), for the realtime link.
+STIGG_LINK = web.AppKey("stigg_link", tuple)
+REDIS = web.AppKey("redis", redis.Redis)
+BROADCAST = web.AppKey("broadcast", RedisBroadcast)
 
 
-def build_services(upstream: Upstream) -> Services:
-    return Services(
-        entitlements=EntitlementService(upstream),
+def _upstream_ctx(
+    given: Upstream | None,
+) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
+    """Start the Stigg client (and, with --local, the embedded emulator it talks to)."""
+
+    @contextlib.asynccontextmanager
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        settings = app[SETTINGS]
+        if given is not None:
+            app[UPSTREAM] = given
+            app[STIGG_LINK] = (settings.stigg.api_url, settings.api_key)
+            yield
+            return
+        emulator: Any = None
+        stigg = settings.stigg
+        api_key = settings.api_key
+        if settings.local_catalog is not None:
+            # Imported here so a production start never loads the emulator and its schema.
+            from sidecar.emulator import EmulatorServer, load_catalog
+
+            api_key = Secret(secrets.token_urlsafe(32))
+            emulator = EmulatorServer(load_catalog(settings.local_catalog), api_key.reveal())
+            await emulator.start()
+            stigg = replace(stigg, api_url=emulator.url)
+            log.info(
+                "local mode: Stigg emulator at %s (admin API under %s/admin) seeded from %s",
+                emulator.url,
+                emulator.base_url,
+                settings.local_catalog,
+            )
+        assert api_key is not None  # load_settings refuses to start without one
+        client = StiggClient(stigg, api_key)
+        app[UPSTREAM] = client
+        app[STIGG_LINK] = (stigg.api_url, api_key)
+        try:
+            yield
+        finally:
+            await client.aclose()
+            if emulator is not None:
+                await emulator.stop()
+
+    return lambda app: ctx(app)
+
+
+async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    """One Redis connection pool for the whole process."""
+    url = app[SETTINGS].redis_url
+    assert url is not None
+    client = redis.Redis.from_url(
+        url.reveal(), socket_connect_timeout=1.0, socket_timeout=2.0, health_check_interval=10
+    )
+    app[REDIS] = client
+    yield
+    await client.aclose()
+
+
+def _key_prefix(settings: Settings) -> str:
+    return f"stigg-sidecar:{settings.cache.environment}"
+
+
+async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    upstream = app[UPSTREAM]
+    l2: RedisStore[EntitlementsState] | None = None
+    broadcast: RedisBroadcast | None = None
+    if REDIS in app:
+        prefix = _key_prefix(settings)
+        l2 = RedisStore(app[REDIS], prefix, EntitlementsState.to_json, EntitlementsState.from_json)
+        broadcast = app[BROADCAST] = RedisBroadcast(app[REDIS], prefix)
+    entitlements = EntitlementService(
+        upstream,
+        settings.cache,
+        settings.entitlements,
+        l1=MemoryStore(settings.cache.memory_budget_bytes, EntitlementsState.approx_bytes),
+        l2=l2,
+        broadcast=broadcast,
+    )
+    app[SERVICES] = Services(
+        entitlements=entitlements,
         usage=UsageService(upstream),
-        provisioning=ProvisioningService(upstream),
+        provisioning=ProvisioningService(upstream, entitlements),
         upstream=upstream,
     )
+    yield
+    await entitlements.aclose()
 
 
-async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Start the Stigg client (and, with --local, the embedded emulator it talks to)."""
-    settings = app[SETTINGS]
-    emulator: Any = None
-    stigg = settings.stigg
-    api_key = settings.api_key
-    if settings.local_catalog is not None:
-        # Imported here so a production start never loads the emulator and its schema.
-        from dataclasses import replace
+async def _run_in_background(name: str, coroutine: Any) -> AsyncIterator[None]:
+    task = asyncio.create_task(coroutine, name=name)
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
-        from sidecar.emulator import EmulatorServer, load_catalog
 
-        api_key = Secret(secrets.token_urlsafe(32))
-        emulator = EmulatorServer(load_catalog(settings.local_catalog), api_key.reveal())
-        await emulator.start()
-        stigg = replace(stigg, api_url=emulator.url)
-        log.info(
-            "local mode: Stigg emulator at %s seeded from %s", emulator.url, settings.local_catalog
-        )
-    assert api_key is not None  # load_settings refuses to start without one
-    client = StiggClient(stigg, api_key)
-    app[SERVICES] = build_services(client)
-    try:
+async def _broadcast_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Apply other replicas' invalidations to this replica's L1."""
+    entitlements = app[SERVICES].entitlements
+
+    async def on_event(event: dict[str, Any]) -> None:
+        if event.get("type") == "invalidate" and isinstance(event.get("customerId"), str):
+            entitlements.drop_local(event["customerId"])
+        elif event.get("type") == "resync":
+            entitlements.drop_all_local()
+
+    async for _ in _run_in_background("broadcast", app[BROADCAST].listen(on_event)):
         yield
-    finally:
-        await client.aclose()
-        if emulator is not None:
-            await emulator.stop()
+
+
+async def _realtime_ctx(app: web.Application) -> AsyncIterator[None]:
+    url, api_key = app[STIGG_LINK]
+    listener = RealtimeListener(url, api_key, app[SETTINGS].realtime, app[SERVICES].entitlements)
+    app[REALTIME] = listener
+    async for _ in _run_in_background("realtime", listener.run()):
+        yield
+
+
+REALTIME = web.AppKey("realtime", RealtimeListener)
 
 
 async def _openapi(request: web.Request) -> web.Response:
@@ -75,11 +174,16 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> web.A
         middlewares=[error_middleware(settings.server.max_body_bytes)],
     )
     app[SETTINGS] = settings
-    if upstream is None:
-        app.cleanup_ctx.append(_upstream_ctx)
-    else:
-        app[SERVICES] = build_services(upstream)
+    app.cleanup_ctx.append(_upstream_ctx(upstream))
+    if settings.redis_url is not None:
+        app.cleanup_ctx.append(_redis_ctx)
+    app.cleanup_ctx.append(_services_ctx)
+    if settings.redis_url is not None:
+        app.cleanup_ctx.append(_broadcast_ctx)
+    if settings.realtime.enabled and upstream is None:
+        app.cleanup_ctx.append(_realtime_ctx)
     app.add_routes(routes())
+    app.add_routes(webhook_routes())
     app.router.add_post("/graphql", graphql_passthrough)
     app.router.add_get("/openapi.json", _openapi, allow_head=False)
     return app

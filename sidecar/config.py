@@ -10,10 +10,11 @@ from a mounted file (``STIGG_API_KEY_FILE``), never from the YAML file.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -59,8 +60,16 @@ def _meta(
     minimum: float | None = None,
     maximum: float | None = None,
     choices: tuple[str, ...] = (),
+    parse: Callable[[str, Any], Any] | None = None,
 ) -> dict[str, Any]:
-    return {"doc": doc, "env": env, "min": minimum, "max": maximum, "choices": choices}
+    return {
+        "doc": doc,
+        "env": env,
+        "min": minimum,
+        "max": maximum,
+        "choices": choices,
+        "parse": parse,
+    }
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,132 @@ class StiggSettings:
     max_connections: int = field(
         default=100, metadata=_meta("Keep-alive pool size to Stigg.", minimum=1)
     )
+    breaker_failure_threshold: int = field(
+        default=5,
+        metadata=_meta("Consecutive failures that open the circuit breaker.", minimum=1),
+    )
+    breaker_cooldown_seconds: float = field(
+        default=5.0,
+        metadata=_meta("How long an open breaker fails fast before probing.", minimum=0.01),
+    )
+
+
+@dataclass(frozen=True)
+class FeatureFallback:
+    """What to answer for one feature when neither Stigg nor the cache can (like Stigg's
+    ``entitlementsFallback``)."""
+
+    has_access: bool
+    usage_limit: float | None = None
+    value: float | None = None
+    is_unlimited: bool = False
+    enum_values: tuple[str, ...] | None = None
+
+
+_FALLBACK_KEYS = {"hasAccess", "usageLimit", "value", "isUnlimited", "enumValues"}
+
+
+def _parse_fallbacks(key: str, raw: Any) -> dict[str, FeatureFallback]:
+    """``{featureId: {hasAccess, usageLimit?, value?, isUnlimited?, enumValues?}}``; from the
+    environment as a JSON string."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            raise ConfigError(f"{key}: must be a JSON object") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{key}: must be a mapping of feature ids")
+    fallbacks = {}
+    for feature_id, spec in raw.items():
+        where = f"{key}.{feature_id}"
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where}: must be a mapping")
+        unknown = set(spec) - _FALLBACK_KEYS
+        if unknown:
+            raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key")
+        if not isinstance(spec.get("hasAccess"), bool):
+            raise ConfigError(f"{where}.hasAccess: required, true or false")
+        numbers = {}
+        for name in ("usageLimit", "value"):
+            if spec.get(name) is not None:
+                numbers[name] = _coerce(f"{where}.{name}", spec[name], float, {})
+        enum_values = spec.get("enumValues")
+        if enum_values is not None and (
+            not isinstance(enum_values, list) or not all(isinstance(v, str) for v in enum_values)
+        ):
+            raise ConfigError(f"{where}.enumValues: must be a list of strings")
+        fallbacks[str(feature_id)] = FeatureFallback(
+            has_access=spec["hasAccess"],
+            usage_limit=numbers.get("usageLimit"),
+            value=numbers.get("value"),
+            is_unlimited=_coerce(f"{where}.isUnlimited", spec.get("isUnlimited", False), bool, {}),
+            enum_values=tuple(enum_values) if enum_values is not None else None,
+        )
+    return fallbacks
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The entitlement-state caches (L1 memory, L2 Redis when SIDECAR_REDIS_URL is set)."""
+
+    memory_budget_bytes: int = field(
+        default=256 * 1024 * 1024,
+        metadata=_meta("Approximate bytes of entitlement state kept in memory (LRU).", minimum=0),
+    )
+    fresh_ttl_seconds: float = field(
+        default=30.0, metadata=_meta("How long fetched state is answered as is.", minimum=0.01)
+    )
+    max_stale_seconds: float = field(
+        default=86400.0,
+        metadata=_meta("How long older state may still be answered while Stigg fails.", minimum=0),
+    )
+    negative_ttl_seconds: float = field(
+        default=5.0, metadata=_meta("How long 'customer not found' is remembered.", minimum=0)
+    )
+    refresh_ahead_seconds: float = field(
+        default=5.0,
+        metadata=_meta(
+            "State read this close to expiry is refreshed in the background.", minimum=0
+        ),
+    )
+    environment: str = field(
+        default="default",
+        metadata=_meta("Namespace of this deployment's keys in a shared Redis."),
+    )
+
+
+@dataclass(frozen=True)
+class EntitlementSettings:
+    """Entitlement checks and their fallbacks."""
+
+    check_deadline_seconds: float = field(
+        default=0.2,
+        metadata=_meta("How long a check waits for Stigg before falling back.", minimum=0.001),
+    )
+    default_has_access: bool = field(
+        default=False,
+        metadata=_meta("Last resort when nothing else can answer: deny (false) or grant."),
+    )
+    fallback: dict[str, FeatureFallback] = field(
+        default_factory=dict,
+        metadata=_meta(
+            "Per-feature answers used when Stigg and the cache cannot answer.",
+            parse=_parse_fallbacks,
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class RealtimeSettings:
+    """Live entitlement and usage updates from Stigg (graphql-transport-ws)."""
+
+    enabled: bool = field(default=True, metadata=_meta("Subscribe to Stigg's updates."))
+    reconnect_max_seconds: float = field(
+        default=30.0, metadata=_meta("Cap of the reconnect backoff.", minimum=0.1)
+    )
+    ping_interval_seconds: float = field(
+        default=15.0, metadata=_meta("Keep-alive ping interval.", minimum=1)
+    )
 
 
 @dataclass(frozen=True)
@@ -123,9 +258,13 @@ class Settings:
 
     server: ServerSettings = field(default_factory=ServerSettings)
     stigg: StiggSettings = field(default_factory=StiggSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    entitlements: EntitlementSettings = field(default_factory=EntitlementSettings)
+    realtime: RealtimeSettings = field(default_factory=RealtimeSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     api_key: Secret | None = None
     redis_url: Secret | None = None
+    webhook_secret: Secret | None = None
     data_dir: Path = field(
         default_factory=lambda: Path.home() / ".local" / "state" / "stigg-sidecar"
     )
@@ -140,6 +279,9 @@ class Settings:
 _SECTIONS: dict[str, type[Any]] = {
     "server": ServerSettings,
     "stigg": StiggSettings,
+    "cache": CacheSettings,
+    "entitlements": EntitlementSettings,
+    "realtime": RealtimeSettings,
     "logging": LoggingSettings,
 }
 
@@ -152,6 +294,8 @@ def _camel(name: str) -> str:
 def _coerce(key: str, raw: Any, typ: Any, meta: Mapping[str, Any]) -> Any:
     """Turn a YAML or environment value into ``typ``, with one clear error naming ``key``."""
     value: Any
+    if meta.get("parse") is not None:
+        return meta["parse"](key, raw)
     if typ is bool:
         if isinstance(raw, bool):
             return raw
@@ -283,9 +427,13 @@ def load_settings(
     settings = Settings(
         server=server,
         stigg=stigg,
+        cache=sections["cache"],
+        entitlements=sections["entitlements"],
+        realtime=sections["realtime"],
         logging=sections["logging"],
         api_key=api_key,
         redis_url=redis_url,
+        webhook_secret=_secret_from_env(env, "SIDECAR_WEBHOOK_SECRET"),
         local_catalog=local_catalog,
         **({"data_dir": data_dir} if data_dir is not None else {}),
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sidecar.upstream import documents
 from sidecar.upstream.client import Upstream
@@ -113,14 +113,22 @@ def _subscription(raw: dict[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
-class ProvisioningService:
-    """Creates and reads customers and subscriptions in Stigg."""
+class Invalidator(Protocol):
+    """Drops (and refetches) a customer's cached entitlements after a change."""
 
-    def __init__(self, upstream: Upstream) -> None:
+    async def invalidate(self, customer_id: str) -> None: ...
+
+
+class ProvisioningService:
+    """Creates and reads customers and subscriptions in Stigg; changes invalidate the cache."""
+
+    def __init__(self, upstream: Upstream, cache: Invalidator) -> None:
         self._upstream = upstream
+        self._cache = cache
 
     async def provision_customer(self, payload: dict[str, Any]) -> dict[str, Any]:
         raw = await self._upstream.execute(documents.PROVISION_CUSTOMER, {"input": payload})
+        await self._cache.invalidate(payload["customerId"])
         customer = dict(raw.get("customer") or {})
         subscription = raw.get("subscription")
         if subscription is not None:
@@ -144,6 +152,7 @@ class ProvisioningService:
 
     async def provision_subscription(self, payload: dict[str, Any]) -> dict[str, Any]:
         raw = await self._upstream.execute(documents.PROVISION_SUBSCRIPTION, {"input": payload})
+        await self._cache.invalidate(payload["customerId"])
         return {
             "status": raw.get("status"),
             "checkoutUrl": raw.get("checkoutUrl"),
@@ -154,5 +163,7 @@ class ProvisioningService:
         raw = await self._upstream.execute(documents.CANCEL_SUBSCRIPTION, {"input": payload})
         subscription = _subscription(raw)
         assert subscription is not None
+        if subscription["customerId"]:
+            await self._cache.invalidate(subscription["customerId"])
         subscription["effectiveEndDate"] = raw.get("effectiveEndDate")
         return subscription

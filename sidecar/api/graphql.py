@@ -6,6 +6,7 @@ from aiohttp import web
 
 from sidecar.api.errors import ApiError
 from sidecar.api.http import SERVICES, read_json
+from sidecar.api.mentions import mutated_customers
 
 
 async def graphql_passthrough(request: web.Request) -> web.Response:
@@ -14,8 +15,12 @@ async def graphql_passthrough(request: web.Request) -> web.Response:
         raise ApiError(
             400, "invalid_request", "query: must be a GraphQL document string", field="query"
         )
+    services = request.app[SERVICES]
     # Forward the exact bytes the client sent; only the API key header is ours.
-    answer = await request.app[SERVICES].upstream.forward(await request.read())
+    answer = await services.upstream.forward(await request.read())
+    if answer.status < 400:
+        for customer_id in mutated_customers(payload, answer.body):
+            await services.entitlements.invalidate(customer_id)
     return web.Response(
         status=answer.status, body=answer.body, headers={"Content-Type": answer.content_type}
     )

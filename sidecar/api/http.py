@@ -9,6 +9,7 @@ import orjson
 from aiohttp import web
 
 from sidecar.api.errors import ApiError
+from sidecar.config import Settings
 from sidecar.entitlements.service import EntitlementService
 from sidecar.provisioning import ProvisioningService
 from sidecar.upstream.client import Upstream
@@ -26,6 +27,7 @@ class Services:
 
 
 SERVICES = web.AppKey("services", Services)
+SETTINGS = web.AppKey("settings", Settings)
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:

@@ -30,6 +30,7 @@ _OBJECT = {"type": "object", "additionalProperties": True}
 def _errors(*statuses: int) -> dict[str, Any]:
     text = {
         400: "Invalid input; `error.field` names the offending field.",
+        401: "Missing or wrong credentials.",
         404: "Unknown customer, subscription, plan or route.",
         409: "Conflicts with existing state (already exists, already cancelled).",
         413: "Request body larger than the configured limit.",
@@ -197,7 +198,14 @@ _SCHEMAS: dict[str, Any] = {
             "hasAccess": {"type": "boolean"},
             "isFallback": {
                 "type": "boolean",
-                "description": "True when the answer did not come from current Stigg state.",
+                "description": "True when no Stigg state (fresh or stale) was available and a"
+                " fallback answered.",
+            },
+            "source": {
+                "type": "string",
+                "enum": ["cache", "upstream", "stale", "request", "config", "default"],
+                "description": "What answered: cached or just-fetched Stigg state, state past its"
+                " fresh TTL (Stigg failing), or the request's / config's / global fallback.",
             },
             "accessDeniedReason": _nullable(
                 {
@@ -238,6 +246,7 @@ _SCHEMAS: dict[str, Any] = {
             "resourceId": _nullable({"type": "string"}),
             "accessDeniedReason": _nullable({"type": "string"}),
             "isFallback": {"type": "boolean"},
+            "source": {"type": "string"},
             "entitlements": {"type": "array", "items": _ref("Entitlement")},
         },
     },
@@ -372,6 +381,35 @@ def openapi_document() -> dict[str, Any]:
                     _param("resourceId", "query", "For multi-resource products."),
                 ],
                 "responses": {**_ok("EntitlementList"), **_errors(400, *_UPSTREAM_ERRORS)},
+            }
+        },
+        "/v1/customers/{customerId}/entitlements/reload": {
+            "post": {
+                "operationId": "reloadEntitlements",
+                "summary": "Drop the cached state and fetch it from Stigg now.",
+                "parameters": [
+                    customer_id,
+                    _param("resourceId", "query", "For multi-resource products."),
+                ],
+                "responses": {**_ok("EntitlementList"), **_errors(400, *_UPSTREAM_ERRORS)},
+            }
+        },
+        "/webhooks/stigg": {
+            "post": {
+                "operationId": "stiggWebhook",
+                "summary": "Stigg webhooks: invalidate the customers they name.",
+                "description": "Enabled by SIDECAR_WEBHOOK_SECRET; the Stigg-Webhooks-Secret"
+                " header must match it. Repeated messageIds are acknowledged and ignored.",
+                "parameters": [
+                    _param("Stigg-Webhooks-Secret", "header", "The shared secret.",
+                           required=True, schema={"type": "string"}),
+                ],
+                "requestBody": {"required": True, "content": {JSON: {"schema": _OBJECT}}},
+                "responses": {
+                    "200": {"description": "Accepted (or a duplicate).",
+                            "content": {JSON: {"schema": _OBJECT}}},
+                    **_errors(400, 401, 404, 413),
+                },
             }
         },
         "/v1/usage": {

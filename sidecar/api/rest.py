@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from sidecar.api.http import SERVICES, Services, json_response, read_json
+from sidecar.config import FeatureFallback
 from sidecar.entitlements.model import CheckRequest
 from sidecar.provisioning import (
     cancel_subscription_input,
@@ -67,19 +68,66 @@ async def cancel_subscription(request: web.Request) -> web.Response:
     return json_response(await _services(request).provisioning.cancel_subscription(payload))
 
 
-async def check_entitlement(request: web.Request) -> web.Response:
-    params = _query(
-        request, ("customerId", "featureId", "resourceId", "requestedUsage", "requestedValues")
+_CHECK_PARAMS = (
+    "customerId",
+    "featureId",
+    "resourceId",
+    "requestedUsage",
+    "requestedValues",
+    "fallbackHasAccess",
+    "fallbackUsageLimit",
+    "fallbackValue",
+    "fallbackIsUnlimited",
+    "fallbackEnumValues",
+)
+
+
+def _values(request: web.Request, key: str) -> tuple[str, ...] | None:
+    """A list parameter, given comma-separated and/or repeated."""
+    if key not in request.query:
+        return None
+    values = [v.strip() for raw in request.query.getall(key) for v in raw.split(",")]
+    values = [v for v in values if v]
+    if len(values) > MAX_REQUESTED_VALUES:
+        raise ValidationError(key, f"at most {MAX_REQUESTED_VALUES} values")
+    return tuple(values)
+
+
+def _boolean(params: dict[str, str], key: str) -> bool | None:
+    value = params.get(key)
+    if value is None:
+        return None
+    if value.lower() not in ("true", "false"):
+        raise ValidationError(key, "must be true or false")
+    return value.lower() == "true"
+
+
+def _number(params: dict[str, str], key: str) -> float | None:
+    value = params.get(key)
+    return parse_number(key, value, minimum=0) if value else None
+
+
+def _request_fallback(request: web.Request, params: dict[str, str]) -> FeatureFallback | None:
+    """What the app wants answered if neither Stigg nor the cache can (like Stigg's SDKs)."""
+    has_access = _boolean(params, "fallbackHasAccess")
+    rest = {k for k in params if k.startswith("fallback")} - {"fallbackHasAccess"}
+    if has_access is None:
+        if rest:
+            raise ValidationError(sorted(rest)[0], "needs fallbackHasAccess")
+        return None
+    return FeatureFallback(
+        has_access=has_access,
+        usage_limit=_number(params, "fallbackUsageLimit"),
+        value=_number(params, "fallbackValue"),
+        is_unlimited=bool(_boolean(params, "fallbackIsUnlimited")),
+        enum_values=_values(request, "fallbackEnumValues"),
     )
-    requested_usage = None
-    if params.get("requestedUsage"):
-        requested_usage = parse_number("requestedUsage", params["requestedUsage"], minimum=0)
-    requested_values = None
-    if params.get("requestedValues"):
-        values = [v for v in request.query.getall("requestedValues") for v in v.split(",")]
-        requested_values = tuple(v.strip() for v in values if v.strip())
-        if len(requested_values) > MAX_REQUESTED_VALUES:
-            raise ValidationError("requestedValues", f"at most {MAX_REQUESTED_VALUES} values")
+
+
+async def check_entitlement(request: web.Request) -> web.Response:
+    params = _query(request, _CHECK_PARAMS)
+    requested_usage = _number(params, "requestedUsage")
+    requested_values = _values(request, "requestedValues") or None
     check = CheckRequest(
         customer_id=_required(params, "customerId"),
         feature_id=_required(params, "featureId"),
@@ -87,13 +135,23 @@ async def check_entitlement(request: web.Request) -> web.Response:
         requested_usage=requested_usage,
         requested_values=requested_values,
     )
-    return json_response(await _services(request).entitlements.check(check))
+    fallback = _request_fallback(request, params)
+    return json_response(await _services(request).entitlements.check(check, fallback))
 
 
 async def list_entitlements(request: web.Request) -> web.Response:
     params = _query(request, ("resourceId",))
     customer_id = _path_id(request, "customerId")
     result = await _services(request).entitlements.list(
+        customer_id, _optional_id(params, "resourceId")
+    )
+    return json_response(result)
+
+
+async def reload_entitlements(request: web.Request) -> web.Response:
+    params = _query(request, ("resourceId",))
+    customer_id = _path_id(request, "customerId")
+    result = await _services(request).entitlements.reload(
         customer_id, _optional_id(params, "resourceId")
     )
     return json_response(result)
@@ -112,5 +170,6 @@ def routes() -> list[web.RouteDef]:
         web.post("/v1/subscriptions/{subscriptionId}/cancel", cancel_subscription),
         web.get("/v1/entitlements", check_entitlement, allow_head=False),
         web.get("/v1/customers/{customerId}/entitlements", list_entitlements, allow_head=False),
+        web.post("/v1/customers/{customerId}/entitlements/reload", reload_entitlements),
         web.post("/v1/usage", report_usage),
     ]

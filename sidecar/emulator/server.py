@@ -20,6 +20,7 @@ from graphql import OperationType
 from sidecar.emulator.catalog import Catalog
 from sidecar.emulator.faults import FaultConfig, FaultConfigError, Faults
 from sidecar.emulator.periods import Clock, iso
+from sidecar.emulator.realtime import websocket_handler
 from sidecar.emulator.resolvers import Operation, PreparedDocument, prepare, run, stigg_schema
 from sidecar.emulator.state import EmulatorError, EmulatorState
 
@@ -56,10 +57,15 @@ class Emulator:
         self.counters = HttpCounters()
         self.max_hang_seconds = max_hang_seconds
         self._api_key = api_key.encode()
+        self.websockets: set[web.WebSocketResponse] = set()
 
     def authorized(self, request: web.Request) -> bool:
         presented = request.headers.get("X-API-KEY", "").encode()
         return hmac.compare_digest(presented, self._api_key)
+
+    @property
+    def api_key(self) -> bytes:
+        return self._api_key
 
     def reset(self) -> None:
         self.faults.clear()
@@ -83,6 +89,8 @@ def create_emulator_app(
     emulator = Emulator(catalog, api_key, clock=clock, max_hang_seconds=max_hang_seconds)
     app[EMULATOR] = emulator
     app.router.add_post("/graphql", _graphql)
+    app.router.add_get("/graphql", _websocket)
+    app.router.add_post("/admin/realtime/disconnect", _disconnect_realtime)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/admin/faults", _get_faults)
     app.router.add_post("/admin/faults", _set_faults)
@@ -95,6 +103,8 @@ def create_emulator_app(
 
     async def release_hung_requests(_app: web.Application) -> None:
         emulator.faults.clear()
+        for ws in list(emulator.websockets):
+            await ws.close(code=1001, message=b"Server shutdown")
 
     # Hung requests would otherwise hold shutdown for up to max_hang_seconds.
     app.on_shutdown.append(release_hung_requests)
@@ -102,6 +112,21 @@ def create_emulator_app(
 
 
 # --- /graphql ---------------------------------------------------------------------------------
+
+
+async def _websocket(request: web.Request) -> web.StreamResponse:
+    """Realtime subscriptions (graphql-transport-ws), as Stigg serves them on the same URL."""
+    emulator = request.app[EMULATOR]
+    return await websocket_handler(request, emulator.state, emulator.api_key, emulator.websockets)
+
+
+async def _disconnect_realtime(request: web.Request) -> web.Response:
+    """Drop every realtime connection (to test that clients reconnect)."""
+    emulator = request.app[EMULATOR]
+    closed = len(emulator.websockets)
+    for ws in list(emulator.websockets):
+        await ws.close(code=1012, message=b"Service restart")
+    return _json({"closed": closed})
 
 
 def _json(body: object, status: int = 200) -> web.Response:

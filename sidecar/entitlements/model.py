@@ -7,6 +7,7 @@ including ``requestedUsage`` and ``requestedValues``, is then evaluated here, th
 from __future__ import annotations
 
 import sys
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,7 +42,11 @@ def _number(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-@dataclass(frozen=True, slots=True)
+def _intern(value: Any) -> str | None:
+    return None if value is None else sys.intern(str(value))
+
+
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class FeatureEntitlement:
     """One feature's entitlement; small and slotted, many thousands live in the cache."""
 
@@ -67,21 +72,98 @@ class FeatureEntitlement:
         """Build from one ``Entitlement`` object of Stigg's ``entitlementsState``."""
         feature = raw.get("feature") or {}
         enum_values = raw.get("enumValues")
-        return cls(
-            # Interned: the same few feature ids repeat across every cached customer.
-            feature_id=sys.intern(str(feature.get("refId"))),
-            feature_type=sys.intern(str(feature.get("featureType") or "BOOLEAN")),
-            meter_type=feature.get("meterType"),
-            is_granted=bool(raw.get("isGranted")),
-            usage_limit=_number(raw.get("usageLimit")),
-            has_unlimited_usage=bool(raw.get("hasUnlimitedUsage")),
-            has_soft_limit=bool(raw.get("hasSoftLimit")),
-            current_usage=_number(raw.get("currentUsage")),
-            enum_values=tuple(enum_values) if enum_values is not None else None,
-            reset_period=raw.get("resetPeriod"),
-            usage_period_start=parse_timestamp(raw.get("usagePeriodStart")),
-            usage_period_end=parse_timestamp(raw.get("usagePeriodEnd")),
+        return canonical(
+            cls(
+                # Interned: the same few names repeat across every cached customer.
+                feature_id=sys.intern(str(feature.get("refId"))),
+                feature_type=sys.intern(str(feature.get("featureType") or "BOOLEAN")),
+                meter_type=_intern(feature.get("meterType")),
+                is_granted=bool(raw.get("isGranted")),
+                usage_limit=_number(raw.get("usageLimit")),
+                has_unlimited_usage=bool(raw.get("hasUnlimitedUsage")),
+                has_soft_limit=bool(raw.get("hasSoftLimit")),
+                current_usage=_number(raw.get("currentUsage")),
+                enum_values=(
+                    tuple(sys.intern(str(v)) for v in enum_values)
+                    if enum_values is not None
+                    else None
+                ),
+                reset_period=_intern(raw.get("resetPeriod")),
+                usage_period_start=parse_timestamp(raw.get("usagePeriodStart")),
+                usage_period_end=parse_timestamp(raw.get("usagePeriodEnd")),
+            )
         )
+
+
+# Measured with bench/memory.py (RSS per cached customer and per entitlement), rounded up.
+STATE_OVERHEAD_BYTES = 600
+ENTITLEMENT_BYTES = 250
+
+
+def _entitlement_to_json(e: FeatureEntitlement) -> list[Any]:
+    return [
+        e.feature_id,
+        e.feature_type,
+        e.meter_type,
+        e.is_granted,
+        e.usage_limit,
+        e.has_unlimited_usage,
+        e.has_soft_limit,
+        e.current_usage,
+        e.enum_values,
+        e.reset_period,
+        e.usage_period_start,
+        e.usage_period_end,
+    ]
+
+
+def _entitlement_from_json(item: list[Any]) -> FeatureEntitlement:
+    (
+        feature_id,
+        feature_type,
+        meter_type,
+        granted,
+        limit,
+        unlimited,
+        soft,
+        usage,
+        enum_values,
+        reset_period,
+        start,
+        end,
+    ) = item
+    return canonical(
+        FeatureEntitlement(
+            feature_id=sys.intern(feature_id),
+            feature_type=sys.intern(feature_type),
+            meter_type=_intern(meter_type),
+            is_granted=granted,
+            usage_limit=limit,
+            has_unlimited_usage=unlimited,
+            has_soft_limit=soft,
+            current_usage=usage,
+            enum_values=tuple(sys.intern(v) for v in enum_values)
+            if enum_values is not None
+            else None,
+            reset_period=_intern(reset_period),
+            usage_period_start=start,
+            usage_period_end=end,
+        )
+    )
+
+
+# Entitlements without usage are the same for every customer on a plan: share one object.
+# Weak values, so an entitlement no cached state refers to any more is dropped from here too.
+_SHARED: weakref.WeakValueDictionary[FeatureEntitlement, FeatureEntitlement] = (
+    weakref.WeakValueDictionary()
+)
+
+
+def canonical(entitlement: FeatureEntitlement) -> FeatureEntitlement:
+    """The shared instance equal to ``entitlement`` (metered ones are not shared: usage varies)."""
+    if entitlement.current_usage is not None:
+        return entitlement
+    return _SHARED.setdefault(entitlement, entitlement)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +175,32 @@ class EntitlementsState:
     access_denied_reason: str | None  # customer-level: CustomerNotFound, NoActiveSubscription…
     entitlements: Mapping[str, FeatureEntitlement]
     fetched_at: float
+
+    def to_json(self) -> list[Any]:
+        """A compact JSON form for the shared (Redis) cache."""
+        return [
+            self.customer_id,
+            self.resource_id,
+            self.access_denied_reason,
+            self.fetched_at,
+            [_entitlement_to_json(e) for e in self.entitlements.values()],
+        ]
+
+    @classmethod
+    def from_json(cls, data: list[Any]) -> EntitlementsState:
+        customer_id, resource_id, reason, fetched_at, items = data
+        entitlements = (_entitlement_from_json(item) for item in items)
+        return cls(
+            customer_id=customer_id,
+            resource_id=resource_id,
+            access_denied_reason=reason,
+            entitlements={e.feature_id: e for e in entitlements},
+            fetched_at=fetched_at,
+        )
+
+    def approx_bytes(self) -> int:
+        """An estimate of the memory this state holds, for the L1 byte budget (see bench)."""
+        return STATE_OVERHEAD_BYTES + ENTITLEMENT_BYTES * len(self.entitlements)
 
     @classmethod
     def from_stigg(
@@ -135,15 +243,16 @@ def _current_usage(entitlement: FeatureEntitlement, now: float) -> float | None:
     return entitlement.current_usage
 
 
-def evaluate(state: EntitlementsState, request: CheckRequest, now: float) -> dict[str, Any]:
-    """The answer to ``request`` from ``state``, as the REST/MCP JSON object (camelCase)."""
-    answer: dict[str, Any] = {
+def blank_answer(request: CheckRequest) -> dict[str, Any]:
+    """Every key of an answer, as a denial; evaluation fills in what applies."""
+    return {
         "customerId": request.customer_id,
         "featureId": request.feature_id,
         "resourceId": request.resource_id,
         "hasAccess": False,
         "isFallback": False,
         "accessDeniedReason": None,
+        "source": None,
         "type": None,
         "usageLimit": None,
         "currentUsage": None,
@@ -157,6 +266,17 @@ def evaluate(state: EntitlementsState, request: CheckRequest, now: float) -> dic
         "usagePeriodStart": None,
         "usagePeriodEnd": None,
     }
+
+
+def evaluate(
+    state: EntitlementsState, request: CheckRequest, now: float, source: str = "cache"
+) -> dict[str, Any]:
+    """The answer to ``request`` from ``state``, as the REST/MCP JSON object (camelCase).
+
+    ``source`` says where the state came from: cache, upstream or stale.
+    """
+    answer = blank_answer(request)
+    answer["source"] = source
     if state.access_denied_reason:
         answer["accessDeniedReason"] = state.access_denied_reason
         return answer

@@ -1,46 +1,386 @@
-"""Entitlement checks: fetch a customer's whole state from Stigg and answer checks from it."""
+"""Entitlement checks answered from a two-level cache, with single-flight fetches from Stigg
+and a fallback chain for when Stigg is slow or down.
+
+Hot path: an L1 hit on fresh state is a dict lookup and a local evaluation, no await.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import logging
 import time
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from sidecar.entitlements.model import CheckRequest, EntitlementsState, evaluate
+from redis.exceptions import RedisError
+
+from sidecar.cache.memory import MemoryStore
+from sidecar.cache.store import CacheEntry, CacheKey, CacheStore
+from sidecar.config import CacheSettings, EntitlementSettings, FeatureFallback
+from sidecar.entitlements.fallback import fallback_answer
+from sidecar.entitlements.model import (
+    CUSTOMER_NOT_FOUND,
+    CheckRequest,
+    EntitlementsState,
+    FeatureEntitlement,
+    evaluate,
+)
 from sidecar.upstream import documents
 from sidecar.upstream.client import Upstream
+from sidecar.upstream.errors import UpstreamError
+
+log = logging.getLogger(__name__)
+
+State = EntitlementsState
+
+
+class Broadcast(Protocol):
+    """Tells the other replicas that a customer's cached state changed (Redis pub/sub)."""
+
+    async def publish_invalidation(self, customer_id: str) -> None: ...
+
+
+@dataclass
+class CheckStats:
+    """Counts behind the entitlement metrics."""
+
+    hits: int = 0  # fresh L1
+    l2_hits: int = 0
+    misses: int = 0  # answered after waiting for Stigg
+    stale: int = 0
+    fallbacks: dict[str, int] = field(
+        default_factory=lambda: {"request": 0, "config": 0, "default": 0}
+    )
+    granted: int = 0
+    denied: int = 0
+    fetches: int = 0
+    fetch_failures: int = 0
+    l2_errors: int = 0
 
 
 class EntitlementService:
-    """Answers checks; this version asks Stigg for the state on every call (no cache yet)."""
+    """Answers checks from L1 (memory), L2 (Redis, optional) or Stigg, in that order."""
 
-    def __init__(self, upstream: Upstream) -> None:
+    def __init__(
+        self,
+        upstream: Upstream,
+        cache: CacheSettings,
+        settings: EntitlementSettings,
+        *,
+        l1: MemoryStore[State],
+        l2: CacheStore[State] | None = None,
+        broadcast: Broadcast | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._upstream = upstream
+        self._cache = cache
+        self._settings = settings
+        self.l1 = l1
+        self._l2 = l2
+        self._broadcast = broadcast
+        self._clock = clock
+        self._inflight: dict[CacheKey, asyncio.Task[State]] = {}
+        # Bumped when a customer changes while a fetch for it is in flight, so that fetch
+        # (which may carry the state from before the change) is not stored. Only customers
+        # with fetches in flight have an entry.
+        self._generation: dict[str, int] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self.stats = CheckStats()
 
-    async def state(self, customer_id: str, resource_id: str | None) -> EntitlementsState:
-        """The customer's current entitlement state."""
-        query: dict[str, Any] = {"customerId": customer_id}
-        if resource_id is not None:
-            query["resourceId"] = resource_id
-        raw = await self._upstream.execute(documents.ENTITLEMENTS_STATE, {"query": query})
-        return EntitlementsState.from_stigg(customer_id, resource_id, raw, time.time())
+    # --- checks --------------------------------------------------------------------------
 
-    async def check(self, request: CheckRequest) -> dict[str, Any]:
-        """One feature's answer, with ``requestedUsage``/``requestedValues`` evaluated locally."""
-        state = await self.state(request.customer_id, request.resource_id)
-        return evaluate(state, request, time.time())
+    async def check(
+        self, request: CheckRequest, request_fallback: FeatureFallback | None = None
+    ) -> dict[str, Any]:
+        """One feature's answer; never raises for Stigg failures (the fallback chain answers)."""
+        key = (request.customer_id, request.resource_id)
+        now = self._clock()
+        entry = self.l1.get_nowait(key)
+        if entry is not None and entry.is_fresh(now):
+            self.stats.hits += 1
+            refresh_due = entry.fresh_until - now < self._cache.refresh_ahead_seconds
+            if refresh_due and _servable_when_stale(entry):  # not for "customer not found"
+                self._refresh_soon(key)
+            return self._count(evaluate(entry.value, request, now))
+        state, source, stale = await self._resolve(key, entry)
+        now = self._clock()
+        if state is not None:
+            return self._count(evaluate(state, request, now, source))
+        if stale is not None:
+            self.stats.stale += 1
+            return self._count(evaluate(stale, request, now, "stale"))
+        return self._count(self._fallback(request, request_fallback))
 
     async def list(self, customer_id: str, resource_id: str | None) -> dict[str, Any]:
-        """All of the customer's entitlements."""
-        state = await self.state(customer_id, resource_id)
-        now = time.time()
-        entitlements = []
-        for entitlement in state.entitlements.values():
-            request = CheckRequest(customer_id, entitlement.feature_id, resource_id)
-            entitlements.append(evaluate(state, request, now))
+        """All of the customer's entitlements (config fallbacks when nothing else can answer)."""
+        key = (customer_id, resource_id)
+        now = self._clock()
+        entry = self.l1.get_nowait(key)
+        if entry is not None and entry.is_fresh(now):
+            return _listing(entry.value, resource_id, now, "cache")
+        fetched, source, stale = await self._resolve(key, entry)
+        if fetched is not None:
+            return _listing(fetched, resource_id, self._clock(), source)
+        if stale is not None:
+            return _listing(stale, resource_id, self._clock(), "stale")
+        return self._fallback_list(customer_id, resource_id)
+
+    async def reload(self, customer_id: str, resource_id: str | None) -> dict[str, Any]:
+        """Fetch the customer's state from Stigg now (errors propagate: the caller asked)."""
+        await self.invalidate(customer_id, refresh=False)
+        state = await self._fetch((customer_id, resource_id))
+        return _listing(state, resource_id, self._clock(), "upstream")
+
+    def _count(self, answer: dict[str, Any]) -> dict[str, Any]:
+        if answer["hasAccess"]:
+            self.stats.granted += 1
+        else:
+            self.stats.denied += 1
+        return answer
+
+    async def _resolve(
+        self, key: CacheKey, entry: CacheEntry[State] | None
+    ) -> tuple[State | None, str, State | None]:
+        """(fresh state, its source, usable stale state) after L2 and Stigg were asked."""
+        if entry is None and self._l2 is not None:
+            entry = await self._l2_get(key)
+            if entry is not None:
+                self.l1.set_nowait(key, entry)
+                if entry.is_fresh(self._clock()):
+                    self.stats.l2_hits += 1
+                    return entry.value, "cache", None
+        stale = entry.value if entry is not None and _servable_when_stale(entry) else None
+        fetch = self._fetch(key)
+        try:
+            state = await asyncio.wait_for(
+                asyncio.shield(fetch), self._settings.check_deadline_seconds
+            )
+        except (UpstreamError, TimeoutError):
+            # The fetch goes on in the background (if it timed out) and fills the cache.
+            return None, "upstream", stale
+        self.stats.misses += 1
+        return state, "upstream", None
+
+    def _fallback(
+        self, request: CheckRequest, request_fallback: FeatureFallback | None
+    ) -> dict[str, Any]:
+        fallback: FeatureFallback | None = request_fallback
+        source = "request"
+        if fallback is None:
+            fallback, source = self._settings.fallback.get(request.feature_id), "config"
+        answer = fallback_answer(request, fallback, self._settings.default_has_access, source)
+        self.stats.fallbacks[answer["source"]] += 1
+        return answer
+
+    def _fallback_list(self, customer_id: str, resource_id: str | None) -> dict[str, Any]:
+        answers = [
+            self._fallback(CheckRequest(customer_id, feature_id, resource_id), None)
+            for feature_id in self._settings.fallback
+        ]
         return {
             "customerId": customer_id,
             "resourceId": resource_id,
-            "accessDeniedReason": state.access_denied_reason,
-            "isFallback": False,
-            "entitlements": entitlements,
+            "accessDeniedReason": None,
+            "isFallback": True,
+            "source": "config",
+            "entitlements": answers,
         }
+
+    # --- fetching ------------------------------------------------------------------------
+
+    def _fetch(self, key: CacheKey) -> asyncio.Task[State]:
+        """The one in-flight fetch for ``key`` (single-flight: concurrent misses share it)."""
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.create_task(self._load(key))
+            self._inflight[key] = task
+            task.add_done_callback(lambda done: self._fetched(key, done))
+        return task
+
+    def _fetched(self, key: CacheKey, task: asyncio.Task[State]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        if not any(k[0] == key[0] for k in self._inflight):
+            self._generation.pop(key[0], None)
+        if not task.cancelled() and task.exception() is not None:
+            self.stats.fetch_failures += 1
+
+    def _refresh_soon(self, key: CacheKey) -> None:
+        if key not in self._inflight:
+            self._fetch(key)
+
+    async def _load(self, key: CacheKey) -> State:
+        customer_id, resource_id = key
+        generation = self._generation.get(customer_id, 0)
+        query: dict[str, Any] = {"customerId": customer_id}
+        if resource_id is not None:
+            query["resourceId"] = resource_id
+        self.stats.fetches += 1
+        raw = await self._upstream.execute(documents.ENTITLEMENTS_STATE, {"query": query})
+        state = EntitlementsState.from_stigg(customer_id, resource_id, raw, self._clock())
+        if self._generation.get(customer_id, 0) == generation:
+            await self._store(key, state)
+        return state
+
+    def _entry(self, state: State) -> CacheEntry[State]:
+        now = state.fetched_at
+        if state.access_denied_reason == CUSTOMER_NOT_FOUND:
+            # Briefly, and never served stale: the customer may be created any moment.
+            until = now + self._cache.negative_ttl_seconds
+            return CacheEntry(state, until, until)
+        fresh_until = now + self._cache.fresh_ttl_seconds
+        # A usage period that ends makes the state due for a refresh right then.
+        for entitlement in state.entitlements.values():
+            end = entitlement.usage_period_end
+            if end is not None and now < end < fresh_until:
+                fresh_until = end
+        stale_until = max(fresh_until, now + self._cache.max_stale_seconds)
+        return CacheEntry(state, fresh_until, stale_until)
+
+    async def _store(self, key: CacheKey, state: State) -> None:
+        entry = self._entry(state)
+        self.l1.set_nowait(key, entry)
+        if self._l2 is not None:
+            try:
+                await self._l2.set(key, entry)
+            except (RedisError, OSError) as exc:
+                self._l2_failed("write", exc)
+
+    async def _l2_get(self, key: CacheKey) -> CacheEntry[State] | None:
+        assert self._l2 is not None
+        try:
+            return await self._l2.get(key)
+        except (RedisError, OSError) as exc:
+            self._l2_failed("read", exc)
+            return None
+
+    def _l2_failed(self, what: str, exc: BaseException) -> None:
+        self.stats.l2_errors += 1
+        log.warning("redis cache %s failed (%s); answering from memory and Stigg", what, exc)
+
+    # --- invalidation and updates --------------------------------------------------------
+
+    def _changed(self, customer_id: str) -> None:
+        if any(key[0] == customer_id for key in self._inflight):
+            self._generation[customer_id] = self._generation.get(customer_id, 0) + 1
+
+    async def invalidate(
+        self, customer_id: str, *, refresh: bool = True, broadcast: bool = True
+    ) -> None:
+        """Drop the customer's state everywhere (all resources) and, if asked, refetch it."""
+        self._changed(customer_id)
+        resources = self._cached_resources(customer_id)
+        await self.l1.delete_customer(customer_id)
+        if self._l2 is not None:
+            try:
+                await self._l2.delete_customer(customer_id)
+            except (RedisError, OSError) as exc:
+                self._l2_failed("delete", exc)
+        if broadcast and self._broadcast is not None:
+            try:
+                await self._broadcast.publish_invalidation(customer_id)
+            except (RedisError, OSError) as exc:
+                self._l2_failed("publish", exc)
+        if refresh:
+            for resource_id in resources or {None}:
+                self._spawn(self._quiet_refresh((customer_id, resource_id)))
+
+    def drop_local(self, customer_id: str) -> None:
+        """Another replica changed this customer: forget our L1 copy (L2 has the new one)."""
+        self._changed(customer_id)
+        for resource_id in self._cached_resources(customer_id):
+            self.l1.delete_nowait((customer_id, resource_id))
+
+    def drop_all_local(self) -> None:
+        """Forget all of L1 (after missed cross-replica events; L2 still has the state)."""
+        for customer_id in {key[0] for key in self._inflight}:
+            self._changed(customer_id)
+        self.l1.clear()
+
+    def _cached_resources(self, customer_id: str) -> set[str | None]:
+        return set(self.l1.resources_of(customer_id))
+
+    async def _quiet_refresh(self, key: CacheKey) -> None:
+        try:
+            await self._fetch(key)
+        except UpstreamError as exc:
+            log.info("refresh of %s after invalidation failed: %s", key[0], exc.code)
+
+    async def apply_state(
+        self, customer_id: str, resource_id: str | None, raw: Mapping[str, Any]
+    ) -> None:
+        """A pushed ``entitlementsUpdated``: the customer's new state, stored as fresh."""
+        self._changed(customer_id)
+        state = EntitlementsState.from_stigg(customer_id, resource_id, raw, self._clock())
+        await self._store((customer_id, resource_id), state)
+        if self._broadcast is not None:
+            try:
+                await self._broadcast.publish_invalidation(customer_id)
+            except (RedisError, OSError) as exc:
+                self._l2_failed("publish", exc)
+
+    async def apply_usage(
+        self,
+        customer_id: str,
+        resource_id: str | None,
+        feature_id: str,
+        current_usage: float,
+        **period: float | None,
+    ) -> bool:
+        """A pushed or confirmed usage value for one feature; False when nothing was cached."""
+        key = (customer_id, resource_id)
+        entry = self.l1.get_nowait(key)
+        if entry is None:
+            return False
+        old = entry.value.entitlements.get(feature_id)
+        if old is None:
+            return False
+        changes: dict[str, Any] = {"current_usage": current_usage}
+        changes.update({k: v for k, v in period.items() if v is not None})
+        updated = dataclasses.replace(old, **changes)
+        state = dataclasses.replace(
+            entry.value, entitlements=_replaced(entry.value.entitlements, updated)
+        )
+        self.l1.set_nowait(key, dataclasses.replace(entry, value=state))
+        return True
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def aclose(self) -> None:
+        """Cancel background fetches (shutdown)."""
+        tasks = [*self._background, *self._inflight.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _servable_when_stale(entry: CacheEntry[State]) -> bool:
+    return entry.value.access_denied_reason != CUSTOMER_NOT_FOUND
+
+
+def _replaced(
+    entitlements: Mapping[str, FeatureEntitlement], updated: FeatureEntitlement
+) -> dict[str, FeatureEntitlement]:
+    result = dict(entitlements)
+    result[updated.feature_id] = updated
+    return result
+
+
+def _listing(state: State, resource_id: str | None, now: float, source: str) -> dict[str, Any]:
+    answers: Iterable[dict[str, Any]] = (
+        evaluate(state, CheckRequest(state.customer_id, feature_id, resource_id), now, source)
+        for feature_id in state.entitlements
+    )
+    return {
+        "customerId": state.customer_id,
+        "resourceId": resource_id,
+        "accessDeniedReason": state.access_denied_reason,
+        "isFallback": False,
+        "source": source,
+        "entitlements": list(answers),
+    }

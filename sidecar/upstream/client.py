@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import httpx
 import orjson
 
 from sidecar.config import Secret, StiggSettings
+from sidecar.upstream.breaker import CircuitBreaker
 from sidecar.upstream.documents import Operation
 from sidecar.upstream.errors import (
+    CircuitOpen,
     StiggError,
     UpstreamAuthError,
     UpstreamError,
@@ -60,6 +62,9 @@ class StiggClient:
     ) -> None:
         self._settings = settings
         self._url = settings.api_url
+        self.breaker = CircuitBreaker(
+            settings.breaker_failure_threshold, settings.breaker_cooldown_seconds
+        )
         timeout = httpx.Timeout(
             connect=settings.connect_timeout_seconds,
             read=settings.read_timeout_seconds,
@@ -95,12 +100,12 @@ class StiggClient:
         attempt = 0
         while True:
             try:
-                return await self._execute_once(operation, body)
+                return await self._guarded(
+                    self._execute_once(operation, body), operation.root_field
+                )
             except UpstreamError as exc:
                 delivered = not isinstance(exc, _NotDelivered)
-                retryable = isinstance(
-                    exc, UpstreamUnavailable | UpstreamTimeout | UpstreamRateLimited
-                )
+                retryable = isinstance(exc, _FAILURES) and not isinstance(exc, CircuitOpen)
                 if not retryable or attempt >= self._settings.max_retries:
                     raise _public(exc) from None
                 if delivered and not retry_safe:
@@ -115,6 +120,29 @@ class StiggClient:
                     delay * 1000,
                 )
                 await asyncio.sleep(delay)
+
+    async def _guarded(self, call: Coroutine[Any, Any, T], name: str) -> T:
+        """Run ``call`` through the circuit breaker: fail fast while it is open."""
+        if not self.breaker.allow():
+            call.close()
+            raise CircuitOpen(
+                "Stigg failed repeatedly; calls are paused briefly (circuit breaker open)",
+                operation=name,
+            )
+        try:
+            result = await call
+        except UpstreamError as exc:
+            # Only failures to answer count; Stigg answering an error is Stigg being up.
+            if isinstance(exc, _FAILURES):
+                self.breaker.failure()
+            else:
+                self.breaker.success()
+            raise
+        except BaseException:
+            self.breaker.failure()  # e.g. cancelled: never leave a probe hanging half-open
+            raise
+        self.breaker.success()
+        return result
 
     def _backoff(self, attempt: int) -> float:
         """Full-jitter exponential backoff, so retries of many sidecars do not synchronise."""
@@ -141,6 +169,9 @@ class StiggClient:
         return _parse(response, name)
 
     async def forward(self, body: bytes) -> RawResponse:
+        return await self._guarded(self._forward_once(body), "graphql")
+
+    async def _forward_once(self, body: bytes) -> RawResponse:
         try:
             response = await self._http.post(self._url, content=body)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
@@ -155,11 +186,20 @@ class StiggClient:
             ) from None
         if response.status_code in (401, 403):
             raise UpstreamAuthError("Stigg rejected the sidecar's API key", operation="graphql")
+        if response.status_code >= 500:
+            raise UpstreamUnavailable(
+                f"Stigg answered HTTP {response.status_code}", operation="graphql"
+            )
         return RawResponse(
             status=response.status_code,
             content_type=response.headers.get("content-type", "application/json"),
             body=response.content,
         )
+
+
+T = TypeVar("T")
+# Failures of Stigg to answer at all: retried when safe, counted by the circuit breaker.
+_FAILURES = (UpstreamUnavailable, UpstreamTimeout, UpstreamRateLimited)
 
 
 class _NotDelivered(UpstreamUnavailable):

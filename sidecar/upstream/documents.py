@@ -53,6 +53,10 @@ REPORT_USAGE_BULK = _load("ReportUsageBulk", "reportUsageBulk", _bulk_has_keys)
 # Every event carries a required idempotency key, so a resend is never counted twice.
 REPORT_EVENT = _load("ReportEvent", "reportEvent", _always)
 
+# Realtime subscriptions (graphql-transport-ws); never sent over HTTP.
+ON_ENTITLEMENTS_UPDATED = _load("OnEntitlementsUpdated", "entitlementsUpdated", _never)
+ON_USAGE_UPDATED = _load("OnUsageUpdated", "usageUpdated", _never)
+
 ALL_OPERATIONS = (
     ENTITLEMENTS_STATE,
     GET_CUSTOMER,
@@ -62,4 +66,6 @@ ALL_OPERATIONS = (
     REPORT_USAGE,
     REPORT_USAGE_BULK,
     REPORT_EVENT,
+    ON_ENTITLEMENTS_UPDATED,
+    ON_USAGE_UPDATED,
 )

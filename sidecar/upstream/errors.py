@@ -20,6 +20,12 @@ class UpstreamUnavailable(UpstreamError):
     code = "upstream_unavailable"
 
 
+class CircuitOpen(UpstreamUnavailable):
+    """Not sent: Stigg failed repeatedly and the circuit breaker is failing fast."""
+
+    code = "upstream_circuit_open"
+
+
 class UpstreamTimeout(UpstreamError):
     """Stigg did not answer within the configured timeout."""
 

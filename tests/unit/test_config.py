@@ -4,7 +4,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sidecar.config import DEFAULT_STIGG_API_URL, ConfigError, Secret, _camel, load_settings
+from sidecar.config import (
+    _SECTIONS,
+    DEFAULT_STIGG_API_URL,
+    ConfigError,
+    Secret,
+    _camel,
+    load_settings,
+)
 
 KEY = {"STIGG_API_KEY": "server-key-abc"}
 
@@ -107,6 +114,6 @@ def test_example_config_loads_and_documents_every_key() -> None:
     settings = load_settings(example, KEY)  # an unknown key would raise
     assert settings == load_settings(None, KEY)  # the example shows the defaults
     documented = yaml.safe_load(example.read_text())
-    for name in ("server", "stigg", "logging"):
+    for name in _SECTIONS:
         fields = dataclasses.fields(getattr(settings, name))
         assert set(documented[name]) == {_camel(f.name) for f in fields}, name

@@ -117,9 +117,11 @@ async def test_unknown_paths_answer_json(http: httpx.AsyncClient) -> None:
     response = await http.get("/nope")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "http_error"
-    response = await http.get("/graphql")
+    response = await http.delete("/graphql")
     assert response.status_code == 405
     assert "errors" in response.json()
+    response = await http.get("/graphql")  # the websocket endpoint, without an upgrade
+    assert response.status_code == 400
 
 
 # --- authentication and request errors --------------------------------------------------------

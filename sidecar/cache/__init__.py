@@ -1,0 +1,1 @@
+"""Entitlement-state caches: one ``CacheStore`` protocol, a memory and a Redis implementation."""

@@ -1,0 +1,47 @@
+"""The protocol every cache level implements, and what it stores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+V = TypeVar("V")
+
+# (customerId, resourceId): entitlement state is per customer and, optionally, per resource.
+CacheKey = tuple[str, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEntry(Generic[V]):
+    """A cached value with its freshness deadlines (epoch seconds, comparable across hosts)."""
+
+    value: V
+    fresh_until: float
+    # Past ``fresh_until`` and before this, the value is served only when Stigg fails.
+    stale_until: float
+
+    def is_fresh(self, now: float) -> bool:
+        return now < self.fresh_until
+
+    def is_usable(self, now: float) -> bool:
+        return now < self.stale_until
+
+
+class CacheStore(Protocol[V]):
+    """Get/set/delete of entries; implementations never raise for a missing key."""
+
+    async def get(self, key: CacheKey) -> CacheEntry[V] | None:
+        """The entry, or None when absent or past ``stale_until``."""
+        ...
+
+    async def set(self, key: CacheKey, entry: CacheEntry[V]) -> None:
+        """Store ``entry``, replacing any previous one."""
+        ...
+
+    async def delete(self, key: CacheKey) -> None:
+        """Forget one key."""
+        ...
+
+    async def delete_customer(self, customer_id: str) -> None:
+        """Forget every key of ``customer_id`` (all resources)."""
+        ...
