@@ -401,13 +401,20 @@ def openapi_document() -> dict[str, Any]:
                 "description": "Enabled by SIDECAR_WEBHOOK_SECRET; the Stigg-Webhooks-Secret"
                 " header must match it. Repeated messageIds are acknowledged and ignored.",
                 "parameters": [
-                    _param("Stigg-Webhooks-Secret", "header", "The shared secret.",
-                           required=True, schema={"type": "string"}),
+                    _param(
+                        "Stigg-Webhooks-Secret",
+                        "header",
+                        "The shared secret.",
+                        required=True,
+                        schema={"type": "string"},
+                    ),
                 ],
                 "requestBody": {"required": True, "content": {JSON: {"schema": _OBJECT}}},
                 "responses": {
-                    "200": {"description": "Accepted (or a duplicate).",
-                            "content": {JSON: {"schema": _OBJECT}}},
+                    "200": {
+                        "description": "Accepted (or a duplicate).",
+                        "content": {JSON: {"schema": _OBJECT}},
+                    },
                     **_errors(400, 401, 404, 413),
                 },
             }

@@ -1,5 +1,7 @@
+import asyncio
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -7,8 +9,10 @@ import pytest
 
 from sidecar.config import Secret, StiggSettings
 from sidecar.upstream import documents
+from sidecar.upstream.breaker import BreakerState
 from sidecar.upstream.client import StiggClient
 from sidecar.upstream.errors import (
+    CircuitOpen,
     StiggError,
     UpstreamAuthError,
     UpstreamError,
@@ -194,3 +198,53 @@ async def test_error_messages_never_contain_the_key() -> None:
         with pytest.raises(UpstreamError) as error:
             await client(Recorder(answer)).execute(documents.ENTITLEMENTS_STATE, STATE_VARS)
         assert "key-123" not in str(error.value) + repr(error.value)
+
+
+async def test_circuit_breaker_fails_fast_then_probes() -> None:
+    settings = replace(
+        SETTINGS, max_retries=0, breaker_failure_threshold=3, breaker_cooldown_seconds=0.05
+    )
+    recorder = Recorder(status(503))
+    stigg = StiggClient(settings, KEY, transport=httpx.MockTransport(recorder))
+    for _ in range(3):
+        with pytest.raises(UpstreamUnavailable):
+            await stigg.execute(documents.ENTITLEMENTS_STATE, STATE_VARS)
+    assert len(recorder.requests) == 3
+    for _ in range(10):  # open: nothing is sent
+        with pytest.raises(CircuitOpen):
+            await stigg.execute(documents.ENTITLEMENTS_STATE, STATE_VARS)
+    assert len(recorder.requests) == 3
+    assert stigg.breaker.state is BreakerState.OPEN
+    await asyncio.sleep(0.06)
+    recorder.answers = [ok({"entitlementsState": {}})]
+    assert await stigg.execute(documents.ENTITLEMENTS_STATE, STATE_VARS) == {}  # the probe
+    assert stigg.breaker.state is BreakerState.CLOSED
+    assert len(recorder.requests) == 4
+
+
+async def test_circuit_breaker_reopens_when_the_probe_fails() -> None:
+    settings = replace(
+        SETTINGS, max_retries=0, breaker_failure_threshold=1, breaker_cooldown_seconds=0.02
+    )
+    recorder = Recorder(raises(httpx.ReadTimeout))
+    stigg = StiggClient(settings, KEY, transport=httpx.MockTransport(recorder))
+    with pytest.raises(UpstreamTimeout):
+        await stigg.execute(documents.ENTITLEMENTS_STATE, STATE_VARS)
+    await asyncio.sleep(0.03)
+    with pytest.raises(UpstreamTimeout):  # the probe goes out and fails
+        await stigg.execute(documents.ENTITLEMENTS_STATE, STATE_VARS)
+    with pytest.raises(CircuitOpen):
+        await stigg.execute(documents.ENTITLEMENTS_STATE, STATE_VARS)
+    assert len(recorder.requests) == 2
+
+
+async def test_stigg_answering_errors_does_not_open_the_breaker() -> None:
+    settings = replace(SETTINGS, breaker_failure_threshold=1)
+    recorder = Recorder(
+        status(200, {"errors": [{"message": "no", "extensions": {"code": "CustomerNotFound"}}]})
+    )
+    stigg = StiggClient(settings, KEY, transport=httpx.MockTransport(recorder))
+    for _ in range(3):
+        with pytest.raises(StiggError):
+            await stigg.execute(documents.GET_CUSTOMER, {"input": {"customerId": "x"}})
+    assert stigg.breaker.state is BreakerState.CLOSED

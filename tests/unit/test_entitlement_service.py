@@ -1,0 +1,308 @@
+"""The entitlement service over a fake upstream: caching, single-flight, fallbacks, updates."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+import fakeredis
+import pytest
+
+from sidecar.cache.memory import MemoryStore
+from sidecar.cache.redis_store import RedisStore
+from sidecar.config import CacheSettings, EntitlementSettings, FeatureFallback
+from sidecar.entitlements.model import CheckRequest, EntitlementsState
+from sidecar.entitlements.service import EntitlementService
+from sidecar.upstream.documents import Operation
+from sidecar.upstream.errors import UpstreamRateLimited, UpstreamUnavailable
+from tests.cache_suite import FakeClock
+
+
+def stigg_state(
+    usage: float = 3, limit: float = 10, period_end: str | None = None, reason: str | None = None
+) -> dict[str, Any]:
+    if reason:
+        return {"accessDeniedReason": reason, "entitlements": []}
+    return {
+        "accessDeniedReason": None,
+        "entitlements": [
+            {
+                "isGranted": True,
+                "hasUnlimitedUsage": False,
+                "usageLimit": limit,
+                "currentUsage": usage,
+                "resetPeriod": "MONTH",
+                "usagePeriodEnd": period_end,
+                "feature": {"refId": "calls", "featureType": "NUMBER", "meterType": "Incremental"},
+            },
+            {
+                "isGranted": True,
+                "hasUnlimitedUsage": False,
+                "feature": {"refId": "sso", "featureType": "BOOLEAN"},
+            },
+        ],
+    }
+
+
+class FakeUpstream:
+    """Answers entitlementsState from ``states``; can be slowed down or made to fail."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, dict[str, Any]] = {}
+        self.calls = 0
+        self.delay = 0.0
+        self.failure: Exception | None = None
+        self.gate: asyncio.Event | None = None
+
+    async def execute(self, operation: Operation, variables: Mapping[str, Any]) -> Any:
+        assert operation.root_field == "entitlementsState"
+        self.calls += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.failure is not None:
+            raise self.failure
+        customer_id = variables["query"]["customerId"]
+        return self.states.get(customer_id, stigg_state(reason="CustomerNotFound"))
+
+    async def forward(self, body: bytes) -> Any:
+        raise NotImplementedError
+
+
+CACHE = CacheSettings(
+    fresh_ttl_seconds=30, max_stale_seconds=3600, negative_ttl_seconds=5, refresh_ahead_seconds=5
+)
+CHECKS = EntitlementSettings(check_deadline_seconds=0.05)
+
+
+def service(
+    upstream: FakeUpstream,
+    clock: FakeClock,
+    *,
+    l2: Any = None,
+    settings: EntitlementSettings = CHECKS,
+    cache: CacheSettings = CACHE,
+) -> EntitlementService:
+    return EntitlementService(
+        upstream,
+        cache,
+        settings,
+        l1=MemoryStore(10_000_000, EntitlementsState.approx_bytes, clock),
+        l2=l2,
+        clock=clock,
+    )
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def upstream() -> FakeUpstream:
+    fake = FakeUpstream()
+    fake.states["c1"] = stigg_state()
+    return fake
+
+
+CALLS = CheckRequest("c1", "calls")
+
+
+async def test_second_check_is_served_from_memory(upstream: FakeUpstream, clock: FakeClock) -> None:
+    svc = service(upstream, clock)
+    first = await svc.check(CALLS)
+    second = await svc.check(CheckRequest("c1", "sso"))
+    assert (first["source"], second["source"]) == ("upstream", "cache")
+    assert first["hasAccess"]
+    assert second["hasAccess"]
+    assert upstream.calls == 1
+
+
+async def test_thousand_concurrent_first_checks_make_one_call(
+    upstream: FakeUpstream, clock: FakeClock
+) -> None:
+    upstream.delay = 0.02
+    # A deadline long enough that a busy test machine cannot turn this into a fallback test.
+    svc = service(upstream, clock, settings=replace(CHECKS, check_deadline_seconds=5))
+    answers = await asyncio.gather(*(svc.check(CALLS) for _ in range(1000)))
+    assert upstream.calls == 1
+    assert all(a["hasAccess"] and not a["isFallback"] for a in answers)
+
+
+async def test_unknown_customer_is_cached_briefly(upstream: FakeUpstream, clock: FakeClock) -> None:
+    svc = service(upstream, clock)
+    for _ in range(50):
+        answer = await svc.check(CheckRequest("ghost", "calls"))
+        assert answer["accessDeniedReason"] == "CustomerNotFound"
+    assert upstream.calls == 1
+    clock.now += CACHE.negative_ttl_seconds + 0.1
+    await svc.check(CheckRequest("ghost", "calls"))
+    assert upstream.calls == 2
+
+
+async def test_refresh_ahead_keeps_hot_customers_warm(
+    upstream: FakeUpstream, clock: FakeClock
+) -> None:
+    svc = service(upstream, clock)
+    await svc.check(CALLS)
+    clock.now += CACHE.fresh_ttl_seconds - 1  # inside the refresh-ahead window
+    upstream.states["c1"] = stigg_state(usage=7)
+    answer = await svc.check(CALLS)
+    assert answer["source"] == "cache"  # answered without waiting
+    assert answer["currentUsage"] == 3
+    await asyncio.sleep(0)  # let the background refresh run
+    await asyncio.sleep(0)
+    assert upstream.calls == 2
+    clock.now += 2  # past the old entry's fresh deadline: the refreshed one answers
+    assert (await svc.check(CALLS))["currentUsage"] == 7
+    assert upstream.calls == 2
+
+
+async def test_stale_state_answers_when_stigg_fails(
+    upstream: FakeUpstream, clock: FakeClock
+) -> None:
+    svc = service(upstream, clock)
+    await svc.check(CALLS)
+    clock.now += CACHE.fresh_ttl_seconds + 1
+    upstream.failure = UpstreamUnavailable("down")
+    answer = await svc.check(CALLS)
+    assert (answer["source"], answer["isFallback"], answer["hasAccess"]) == ("stale", False, True)
+    assert answer["currentUsage"] == 3
+    clock.now += CACHE.max_stale_seconds  # too old even for an outage
+    answer = await svc.check(CALLS)
+    assert (answer["source"], answer["isFallback"], answer["hasAccess"]) == ("default", True, False)
+
+
+async def test_slow_stigg_falls_back_at_the_deadline_and_fills_the_cache_later(
+    upstream: FakeUpstream, clock: FakeClock
+) -> None:
+    upstream.delay = 0.2  # > the 50 ms deadline
+    svc = service(upstream, clock)
+    fallback = FeatureFallback(has_access=True, usage_limit=5)
+    answer = await asyncio.wait_for(svc.check(CALLS, fallback), 1)
+    assert (answer["isFallback"], answer["source"], answer["hasAccess"]) == (True, "request", True)
+    assert answer["usageLimit"] == 5
+    await asyncio.sleep(0.25)  # the fetch that timed out finishes in the background
+    answer = await svc.check(CALLS)
+    assert (answer["source"], answer["isFallback"]) == ("cache", False)
+    assert upstream.calls == 1
+
+
+async def test_fallback_chain_order(upstream: FakeUpstream, clock: FakeClock) -> None:
+    upstream.failure = UpstreamRateLimited("429")
+    settings = replace(
+        CHECKS, fallback={"calls": FeatureFallback(has_access=True, usage_limit=100)}
+    )
+    svc = service(upstream, clock, settings=settings)
+    request_fallback = FeatureFallback(has_access=False)
+    by_request = await svc.check(CALLS, request_fallback)
+    assert (by_request["source"], by_request["hasAccess"]) == ("request", False)
+    by_config = await svc.check(CALLS)
+    assert (by_config["source"], by_config["hasAccess"], by_config["usageLimit"]) == (
+        "config",
+        True,
+        100,
+    )
+    over = await svc.check(replace(CALLS, requested_usage=101))
+    assert (over["hasAccess"], over["accessDeniedReason"]) == (
+        False,
+        "RequestedUsageExceedingLimit",
+    )
+    default = await svc.check(CheckRequest("c1", "sso"))
+    assert (default["source"], default["hasAccess"], default["accessDeniedReason"]) == (
+        "default",
+        False,
+        "Unknown",
+    )
+    granting = service(upstream, clock, settings=replace(CHECKS, default_has_access=True))
+    assert (await granting.check(CheckRequest("c1", "sso")))["hasAccess"] is True
+
+
+async def test_ended_usage_period_triggers_refresh_and_resets_when_stigg_is_down(
+    upstream: FakeUpstream, clock: FakeClock
+) -> None:
+    upstream.states["c1"] = stigg_state(usage=10, period_end="2027-01-15T08:00:10Z")
+    svc = service(upstream, clock)
+    assert (await svc.check(CALLS))["hasAccess"] is False  # 10 of 10 used
+    clock.now = 1_800_000_011.0  # 2027-01-15T08:00:11Z: the period ended a second ago
+    upstream.failure = UpstreamUnavailable("down")
+    answer = await svc.check(CALLS)  # entry is due: refetch fails, stale state is re-evaluated
+    assert upstream.calls == 2
+    assert (answer["source"], answer["hasAccess"], answer["currentUsage"]) == ("stale", True, 0)
+
+
+async def test_invalidate_drops_and_refetches(upstream: FakeUpstream, clock: FakeClock) -> None:
+    svc = service(upstream, clock)
+    await svc.check(CALLS)
+    upstream.states["c1"] = stigg_state(usage=9)
+    await svc.invalidate("c1")
+    await asyncio.sleep(0.01)  # the refresh it started
+    answer = await svc.check(CALLS)
+    assert (answer["source"], answer["currentUsage"]) == ("cache", 9)
+    assert upstream.calls == 2
+
+
+async def test_fetch_started_before_an_invalidation_is_not_stored(
+    upstream: FakeUpstream, clock: FakeClock
+) -> None:
+    upstream.gate = asyncio.Event()
+    svc = service(upstream, clock, settings=replace(CHECKS, check_deadline_seconds=5))
+    pending = asyncio.create_task(svc.check(CALLS))
+    await asyncio.sleep(0.01)  # the fetch is waiting at the gate with the old state
+    await svc.invalidate("c1", refresh=False)
+    upstream.gate.set()
+    await pending
+    assert svc.l1.get_nowait(("c1", None)) is None  # the pre-change answer was not cached
+
+
+async def test_pushed_updates_replace_cached_state(
+    upstream: FakeUpstream, clock: FakeClock
+) -> None:
+    svc = service(upstream, clock)
+    await svc.check(CALLS)
+    await svc.apply_state("c1", None, stigg_state(usage=10))
+    assert (await svc.check(CALLS))["hasAccess"] is False
+    assert await svc.apply_usage("c1", None, "calls", 4.0)
+    answer = await svc.check(CALLS)
+    assert (answer["currentUsage"], answer["hasAccess"], answer["source"]) == (4, True, "cache")
+    assert not await svc.apply_usage("nobody", None, "calls", 1.0)
+    assert upstream.calls == 1
+
+
+async def test_warm_start_from_l2_needs_no_upstream(
+    upstream: FakeUpstream, clock: FakeClock
+) -> None:
+    redis_client = fakeredis.FakeAsyncRedis()
+    l2 = RedisStore(
+        redis_client, "t", EntitlementsState.to_json, EntitlementsState.from_json, clock
+    )
+    await service(upstream, clock, l2=l2).check(CALLS)
+    upstream.failure = UpstreamUnavailable("down")
+    restarted = service(upstream, clock, l2=l2)  # empty L1, same Redis
+    answer = await restarted.check(CALLS)
+    assert (answer["source"], answer["hasAccess"], answer["isFallback"]) == ("cache", True, False)
+    assert upstream.calls == 1
+
+
+async def test_redis_failure_degrades_to_memory_and_stigg(
+    upstream: FakeUpstream, clock: FakeClock
+) -> None:
+    broken = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+    broken.connection_pool.connection_kwargs["server"].connected = False
+    l2 = RedisStore(broken, "t", EntitlementsState.to_json, EntitlementsState.from_json, clock)
+    svc = service(upstream, clock, l2=l2)
+    answer = await svc.check(CALLS)
+    assert (answer["source"], answer["hasAccess"]) == ("upstream", True)
+    assert svc.stats.l2_errors >= 1
+    assert (await svc.check(CALLS))["source"] == "cache"
+
+
+async def test_list_falls_back_to_config(upstream: FakeUpstream, clock: FakeClock) -> None:
+    upstream.failure = UpstreamUnavailable("down")
+    settings = replace(CHECKS, fallback={"sso": FeatureFallback(has_access=True)})
+    listing = await service(upstream, clock, settings=settings).list("c1", None)
+    assert listing["isFallback"] is True
+    assert [(e["featureId"], e["hasAccess"]) for e in listing["entitlements"]] == [("sso", True)]
