@@ -73,9 +73,17 @@ def main(argv: list[str] | None = None) -> None:
         level=settings.logging.level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # httpx logs every request at INFO: far too much for a sidecar on the hot path.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    loop = None
+    if settings.server.event_loop == "uvloop":
+        import uvloop
+
+        loop = uvloop.new_event_loop()
     app = create_app(settings)
     web.run_app(
         app,
+        loop=loop,
         host=settings.server.host,
         port=settings.server.port,
         shutdown_timeout=settings.server.shutdown_timeout_seconds,

@@ -82,6 +82,12 @@ class ServerSettings:
         default=1024 * 1024,
         metadata=_meta("Largest accepted request body in bytes.", minimum=1024),
     )
+    event_loop: str = field(
+        default="uvloop",
+        metadata=_meta(
+            "Event loop: uvloop (faster, see bench/) or asyncio.", choices=("uvloop", "asyncio")
+        ),
+    )
     shutdown_timeout_seconds: float = field(
         default=20.0,
         metadata=_meta("Grace period for in-flight requests on SIGTERM.", minimum=0),
@@ -325,9 +331,10 @@ def _coerce(key: str, raw: Any, typ: Any, meta: Mapping[str, Any]) -> Any:
     value = str(raw).strip()
     choices = meta.get("choices") or ()
     if choices:
-        value = value.upper()
-        if value not in choices:
+        canonical = {choice.lower(): choice for choice in choices}
+        if value.lower() not in canonical:
             raise ConfigError(f"{key}: must be one of {', '.join(choices)}, got {raw!r}")
+        value = canonical[value.lower()]
     return value
 
 

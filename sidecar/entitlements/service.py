@@ -87,6 +87,8 @@ class EntitlementService:
         # with fetches in flight have an entry.
         self._generation: dict[str, int] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        # Set when a fetch misses a check's deadline, cleared by the next successful fetch.
+        self._upstream_slow = False
         self.stats = CheckStats()
 
     # --- checks --------------------------------------------------------------------------
@@ -153,12 +155,18 @@ class EntitlementService:
                     return entry.value, "cache", None
         stale = entry.value if entry is not None and _servable_when_stale(entry) else None
         fetch = self._fetch(key)
+        if stale is not None and self._upstream_slow:
+            # Stigg just missed a deadline: answer stale now rather than wait for it again;
+            # the fetch goes on in the background and the first success ends this mode.
+            return None, "upstream", stale
         try:
             state = await asyncio.wait_for(
                 asyncio.shield(fetch), self._settings.check_deadline_seconds
             )
-        except (UpstreamError, TimeoutError):
-            # The fetch goes on in the background (if it timed out) and fills the cache.
+        except TimeoutError:
+            self._upstream_slow = True
+            return None, "upstream", stale  # the fetch goes on and fills the cache
+        except UpstreamError:
             return None, "upstream", stale
         self.stats.misses += 1
         return state, "upstream", None
@@ -219,6 +227,7 @@ class EntitlementService:
             query["resourceId"] = resource_id
         self.stats.fetches += 1
         raw = await self._upstream.execute(documents.ENTITLEMENTS_STATE, {"query": query})
+        self._upstream_slow = False
         state = EntitlementsState.from_stigg(customer_id, resource_id, raw, self._clock())
         if self._generation.get(customer_id, 0) == generation:
             await self._store(key, state)

@@ -306,3 +306,25 @@ async def test_list_falls_back_to_config(upstream: FakeUpstream, clock: FakeCloc
     listing = await service(upstream, clock, settings=settings).list("c1", None)
     assert listing["isFallback"] is True
     assert [(e["featureId"], e["hasAccess"]) for e in listing["entitlements"]] == [("sso", True)]
+
+
+async def test_once_stigg_missed_a_deadline_stale_answers_do_not_wait(
+    upstream: FakeUpstream, clock: FakeClock
+) -> None:
+    svc = service(upstream, clock)
+    for customer in ("c1", "c2"):
+        upstream.states[customer] = stigg_state()
+        await svc.check(CheckRequest(customer, "calls"))
+    clock.now += CACHE.fresh_ttl_seconds + 1  # both entries are stale now
+    upstream.gate = asyncio.Event()  # Stigg hangs
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    first = await svc.check(CheckRequest("c1", "calls"))
+    assert loop.time() - started >= CHECKS.check_deadline_seconds  # waited for Stigg once
+    started = loop.time()
+    second = await svc.check(CheckRequest("c2", "calls"))
+    assert loop.time() - started < CHECKS.check_deadline_seconds  # did not wait again
+    assert first["source"] == second["source"] == "stale"
+    upstream.gate.set()  # Stigg answers: the background fetches refresh both entries
+    await asyncio.sleep(0.01)
+    assert (await svc.check(CheckRequest("c2", "calls")))["source"] == "cache"
