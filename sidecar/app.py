@@ -79,6 +79,11 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> web.A
         app.cleanup_ctx.append(_upstream_ctx)
     else:
         app[SERVICES] = build_services(upstream)
+    if settings.mcp.enabled:
+        # Imported only when enabled: the MCP SDK takes about two seconds to import.
+        from sidecar.api.mcp_server import setup_mcp
+
+        setup_mcp(app, settings, lambda: app[SERVICES])
     app.add_routes(routes())
     app.router.add_post("/graphql", graphql_passthrough)
     app.router.add_get("/openapi.json", _openapi, allow_head=False)
