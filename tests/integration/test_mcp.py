@@ -35,6 +35,7 @@ from tests.conftest import API_KEY, REPO, free_port, sidecar_settings, start_sid
 Client = TestClient[web.Request, web.Application]
 TOKEN = "mcp-test-token-0123456789"
 ACCEPT = "application/json, text/event-stream"
+README = REPO / "README.md"
 
 EXPECTED_HINTS = {
     # name: (readOnlyHint, destructiveHint, idempotentHint)
@@ -606,3 +607,14 @@ def test_port_conflict_stops_startup_with_one_line() -> None:
     )
     assert "SIDECAR_MCP_PORT" in line
     assert API_KEY not in result.stderr
+
+
+def test_readme_shows_an_mcp_client_configuration() -> None:
+    section = README.read_text().split("## MCP for AI agents", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```json\n(.*?)```", section, flags=re.S)
+    configs = [json.loads(block) for block in blocks]
+    servers = [entry for config in configs for entry in config["mcpServers"].values()]
+    assert any(entry["url"] == "http://127.0.0.1:9090/mcp" for entry in servers)
+    assert any("Authorization" in entry.get("headers", {}) for entry in servers)
+    for name in EXPECTED_HINTS:
+        assert f"`{name}`" in section
