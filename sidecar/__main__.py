@@ -12,7 +12,7 @@ from aiohttp import web
 
 from sidecar import __version__
 from sidecar.app import create_app
-from sidecar.config import ConfigError, load_settings
+from sidecar.config import ConfigError, StartupError, load_settings
 
 DEFAULT_CATALOG = Path("config/catalog.yaml")
 _PACKAGED_CATALOG = "sidecar.emulator"
@@ -81,20 +81,29 @@ def main(argv: list[str] | None = None) -> None:
 
         loop = uvloop.new_event_loop()
     app = create_app(settings)
-    web.run_app(
-        app,
-        loop=loop,
-        host=settings.server.host,
-        port=settings.server.port,
-        shutdown_timeout=settings.server.shutdown_timeout_seconds,
-        print=lambda _: logging.getLogger("sidecar").info(
-            "stigg-sidecar %s listening on http://%s:%d",
-            __version__,
-            settings.server.host,
-            settings.server.port,
-        ),
-        access_log=None,
-    )
+    try:
+        web.run_app(
+            app,
+            loop=loop,
+            host=settings.server.host,
+            port=settings.server.port,
+            shutdown_timeout=settings.server.shutdown_timeout_seconds,
+            print=lambda _: logging.getLogger("sidecar").info(
+                "stigg-sidecar %s listening on http://%s:%d",
+                __version__,
+                settings.server.host,
+                settings.server.port,
+            ),
+            access_log=None,
+        )
+    except OSError as exc:
+        # A port already taken: one line, no traceback.
+        print(f"stigg-sidecar: cannot start: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except StartupError as exc:
+        # Raised from a cleanup context before anything serves: one line, no traceback.
+        print(f"stigg-sidecar: cannot start: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

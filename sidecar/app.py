@@ -187,6 +187,11 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> web.A
         app.cleanup_ctx.append(_broadcast_ctx)
     if settings.realtime.enabled and upstream is None:
         app.cleanup_ctx.append(_realtime_ctx)
+    if settings.mcp.enabled:
+        # Imported only when enabled: the MCP SDK takes about two seconds to import.
+        from sidecar.api.mcp_server import setup_mcp
+
+        setup_mcp(app, settings, lambda: app[SERVICES])
     app.add_routes(routes())
     app.add_routes(webhook_routes())
     app.router.add_post("/graphql", graphql_passthrough)

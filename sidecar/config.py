@@ -29,6 +29,10 @@ class ConfigError(Exception):
     """A configuration value is missing or wrong; the message names the key."""
 
 
+class StartupError(Exception):
+    """The sidecar cannot start (e.g. a port is taken); the message says why in one line."""
+
+
 class Secret:
     """A string that never shows itself in reprs, logs or tracebacks."""
 
@@ -259,6 +263,15 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True)
+class McpSettings:
+    """The MCP server for AI agents (streamable HTTP at ``/mcp``)."""
+
+    enabled: bool = field(default=True, metadata=_meta("Serve the MCP tools; false: no listener."))
+    host: str = field(default="127.0.0.1", metadata=_meta("Address the MCP server binds to."))
+    port: int = field(default=9090, metadata=_meta("MCP port.", minimum=0, maximum=65535))
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the sidecar needs to start."""
 
@@ -268,7 +281,10 @@ class Settings:
     entitlements: EntitlementSettings = field(default_factory=EntitlementSettings)
     realtime: RealtimeSettings = field(default_factory=RealtimeSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    mcp: McpSettings = field(default_factory=McpSettings)
     api_key: Secret | None = None
+    # Bearer token clients must send to the sidecar's API and MCP endpoint; None: no check.
+    auth_token: Secret | None = None
     redis_url: Secret | None = None
     webhook_secret: Secret | None = None
     data_dir: Path = field(
@@ -289,6 +305,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "entitlements": EntitlementSettings,
     "realtime": RealtimeSettings,
     "logging": LoggingSettings,
+    "mcp": McpSettings,
 }
 
 
@@ -397,6 +414,14 @@ def _check_url(key: str, url: str, schemes: tuple[str, ...]) -> None:
         raise ConfigError(f"{key}: must be a {' or '.join(schemes)} URL, got {url!r}")
 
 
+def _check_ports(server: ServerSettings, mcp: McpSettings) -> None:
+    """Both listeners on one address would fail at bind time; say so before starting."""
+    wildcard = ("0.0.0.0", "::", "")  # noqa: S104 - compared against, not bound
+    same_host = mcp.host == server.host or mcp.host in wildcard or server.host in wildcard
+    if mcp.enabled and mcp.port != 0 and mcp.port == server.port and same_host:
+        raise ConfigError(f"mcp.port: must differ from server.port (both are {mcp.port})")
+
+
 def load_settings(
     config_file: Path | None = None,
     env: Mapping[str, str] | None = None,
@@ -430,6 +455,11 @@ def load_settings(
     redis_url = _secret_from_env(env, "SIDECAR_REDIS_URL")
     if redis_url is not None:
         _check_url("SIDECAR_REDIS_URL", redis_url.reveal(), ("redis", "rediss", "unix"))
+    auth_token = _secret_from_env(env, "SIDECAR_AUTH_TOKEN")
+    if auth_token is not None and re.search(r"\s", auth_token.reveal()):
+        raise ConfigError("SIDECAR_AUTH_TOKEN: must not contain white space")
+    mcp: McpSettings = sections["mcp"]
+    _check_ports(server, mcp)
     data_dir = Path(env["SIDECAR_DATA_DIR"]) if env.get("SIDECAR_DATA_DIR") else None
     settings = Settings(
         server=server,
@@ -438,7 +468,9 @@ def load_settings(
         entitlements=sections["entitlements"],
         realtime=sections["realtime"],
         logging=sections["logging"],
+        mcp=mcp,
         api_key=api_key,
+        auth_token=auth_token,
         redis_url=redis_url,
         webhook_secret=_secret_from_env(env, "SIDECAR_WEBHOOK_SECRET"),
         local_catalog=local_catalog,

@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from sidecar.app import create_app
-from sidecar.config import Secret, Settings, StiggSettings
+from sidecar.config import McpSettings, Secret, Settings, StiggSettings
 from sidecar.emulator import EmulatorServer, load_catalog
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,7 +50,10 @@ def sidecar_settings(api_url: str, **stigg: object) -> Settings:
         retry_backoff_seconds=0.01,
         retry_backoff_max_seconds=0.05,
     )
-    return Settings(stigg=replace(base, **stigg), api_key=Secret(API_KEY))
+    # MCP is on by default on a fixed port; tests that want it pick a free port (test_mcp.py).
+    return Settings(
+        stigg=replace(base, **stigg), api_key=Secret(API_KEY), mcp=McpSettings(enabled=False)
+    )
 
 
 async def start_sidecar(settings: Settings) -> TestClient[web.Request, web.Application]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -61,33 +62,54 @@ def error_response(
     )
 
 
-def upstream_error_response(exc: UpstreamError) -> web.Response:
-    """Map a failed Stigg call to the status a client can act on."""
+@dataclass(frozen=True)
+class UpstreamFailure:
+    """How a failed Stigg call is reported, to REST clients and MCP agents alike."""
+
+    status: int
+    code: str
+    message: str
+    stigg_code: str | None = None
+    retry_after: str | None = None
+
+
+def describe_upstream_error(exc: UpstreamError) -> UpstreamFailure:
+    """Map a failed Stigg call to the status a client can act on, and a message for it."""
     if isinstance(exc, StiggError):
         if exc.stigg_code in _NOT_FOUND:
-            return error_response(404, "not_found", exc.message, stiggCode=exc.stigg_code)
+            return UpstreamFailure(404, "not_found", exc.message, exc.stigg_code)
         if exc.stigg_code in _CONFLICT:
-            return error_response(409, "conflict", exc.message, stiggCode=exc.stigg_code)
+            return UpstreamFailure(409, "conflict", exc.message, exc.stigg_code)
         if exc.is_validation_error or exc.stigg_code in _REJECTED:
-            return error_response(422, "rejected_by_stigg", exc.message, stiggCode=exc.stigg_code)
-        return error_response(502, "upstream_error", exc.message, stiggCode=exc.stigg_code)
+            return UpstreamFailure(422, "rejected_by_stigg", exc.message, exc.stigg_code)
+        return UpstreamFailure(502, "upstream_error", exc.message, exc.stigg_code)
     if isinstance(exc, UpstreamTimeout):
-        return error_response(504, exc.code, "Stigg did not answer in time")
+        return UpstreamFailure(504, exc.code, "Stigg did not answer in time")
     if isinstance(exc, UpstreamRateLimited):
-        return error_response(
-            503,
-            exc.code,
-            "Stigg's rate limit was reached; retry shortly",
-            headers={"Retry-After": "1"},
+        return UpstreamFailure(
+            503, exc.code, "Stigg's rate limit was reached; retry shortly", retry_after="1"
         )
     if isinstance(exc, UpstreamUnavailable):
-        return error_response(503, exc.code, "Stigg is unavailable: " + exc.message)
+        return UpstreamFailure(503, exc.code, "Stigg is unavailable: " + exc.message)
     if isinstance(exc, UpstreamAuthError):
         # The sidecar's own key is wrong: the client cannot fix that, the operator can.
-        return error_response(
+        return UpstreamFailure(
             502, exc.code, "Stigg rejected the sidecar's API key; check STIGG_API_KEY"
         )
-    return error_response(502, exc.code, exc.message)
+    return UpstreamFailure(502, exc.code, exc.message)
+
+
+def upstream_error_response(exc: UpstreamError) -> web.Response:
+    """Map a failed Stigg call to the status a client can act on."""
+    failure = describe_upstream_error(exc)
+    headers = {"Retry-After": failure.retry_after} if failure.retry_after else None
+    return error_response(
+        failure.status,
+        failure.code,
+        failure.message,
+        headers=headers,
+        stiggCode=failure.stigg_code,
+    )
 
 
 _HTTP_CODES = {

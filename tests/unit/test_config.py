@@ -8,6 +8,7 @@ from sidecar.config import (
     _SECTIONS,
     DEFAULT_STIGG_API_URL,
     ConfigError,
+    McpSettings,
     Secret,
     _camel,
     load_settings,
@@ -114,6 +115,48 @@ def test_example_config_loads_and_documents_every_key() -> None:
     settings = load_settings(example, KEY)  # an unknown key would raise
     assert settings == load_settings(None, KEY)  # the example shows the defaults
     documented = yaml.safe_load(example.read_text())
+    assert set(documented) == set(_SECTIONS)
     for name in _SECTIONS:
         fields = dataclasses.fields(getattr(settings, name))
         assert set(documented[name]) == {_camel(f.name) for f in fields}, name
+
+
+def test_mcp_defaults_to_loopback_9090_and_can_be_switched_off(tmp_path: Path) -> None:
+    assert load_settings(env=KEY).mcp == McpSettings(enabled=True, host="127.0.0.1", port=9090)
+    config = write(tmp_path, "mcp:\n  enabled: false\n  port: 9191\n")
+    assert load_settings(config, KEY).mcp == McpSettings(enabled=False, port=9191)
+    env = {**KEY, "SIDECAR_MCP_ENABLED": "true", "SIDECAR_MCP_PORT": "9292"}
+    assert load_settings(config, env).mcp == McpSettings(enabled=True, port=9292)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"SIDECAR_MCP_ENABLED": "maybe"}, "SIDECAR_MCP_ENABLED: expected true or false"),
+        ({"SIDECAR_MCP_PORT": "70000"}, "SIDECAR_MCP_PORT: must be at most 65535"),
+        ({"SIDECAR_MCP_PORT": "8080"}, "mcp.port: must differ from server.port (both are 8080)"),
+    ],
+)
+def test_bad_mcp_values_name_the_key(env: dict[str, str], expected: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_settings(env={**KEY, **env})
+    assert expected in str(error.value)
+
+
+def test_mcp_may_share_the_port_number_on_another_address() -> None:
+    env = {**KEY, "SIDECAR_MCP_PORT": "8080", "SIDECAR_MCP_HOST": "127.0.0.2"}
+    assert load_settings(env=env).mcp.port == 8080
+    assert not load_settings(env={**KEY, "SIDECAR_MCP_ENABLED": "0"}, port=9090).mcp.enabled
+
+
+def test_auth_token_from_environment_or_file(tmp_path: Path) -> None:
+    assert load_settings(env=KEY).auth_token is None
+    settings = load_settings(env={**KEY, "SIDECAR_AUTH_TOKEN": "tok-123"})
+    assert settings.auth_token == Secret("tok-123")
+    assert "tok-123" not in repr(settings)
+    token_file = tmp_path / "token"
+    token_file.write_text("tok-from-file\n")
+    settings = load_settings(env={**KEY, "SIDECAR_AUTH_TOKEN_FILE": str(token_file)})
+    assert settings.auth_token == Secret("tok-from-file")
+    with pytest.raises(ConfigError, match=r"SIDECAR_AUTH_TOKEN: must not contain white space"):
+        load_settings(env={**KEY, "SIDECAR_AUTH_TOKEN": "two words"})
