@@ -49,6 +49,7 @@ def sidecar_settings(api_url: str, **stigg: object) -> Settings:
         connect_timeout_seconds=0.5,
         retry_backoff_seconds=0.01,
         retry_backoff_max_seconds=0.05,
+        breaker_cooldown_seconds=0.2,
     )
     # MCP is on by default on a fixed port; tests that want it pick a free port (test_mcp.py).
     return Settings(

@@ -6,6 +6,7 @@ loopback port of its own, talking to the emulator on a third.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import socket
@@ -488,12 +489,17 @@ async def test_upstream_down_is_a_tool_error_and_recovers(
                     assert error["message"].startswith("Stigg is unavailable")
             finally:
                 (await admin.delete("/admin/faults")).raise_for_status()
-        again = await call(
-            session,
-            "check-entitlement",
-            {"customerId": "customer-demo", "featureId": "feature-sso"},
-        )
-        assert again["hasAccess"] is True
+        # Recovered once the circuit breaker's cool-down lets a probe through.
+        for _ in range(50):
+            again = await call(
+                session,
+                "check-entitlement",
+                {"customerId": "customer-demo", "featureId": "feature-sso"},
+            )
+            if again["hasAccess"]:
+                break
+            await asyncio.sleep(0.05)
+        assert (again["hasAccess"], again["isFallback"]) == (True, False)
 
 
 async def test_unreachable_upstream_is_a_tool_error() -> None:
