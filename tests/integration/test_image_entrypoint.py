@@ -5,7 +5,9 @@ serves from a directory outside the repository, and its HEALTHCHECK command judg
 from __future__ import annotations
 
 import http.server
+import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -29,6 +31,8 @@ from tests.deploy.dockerfile import (
 
 pytestmark = pytest.mark.integration
 
+DASHBOARD = REPO / "helm" / "stigg-sidecar" / "files" / "grafana-dashboard.json"
+
 
 @dataclass
 class Image:
@@ -43,6 +47,7 @@ class Running:
     api: str
     management_port: int
     process: subprocess.Popen[str]
+    management_up: bool | None = None
 
 
 def clean_env() -> dict[str, str]:
@@ -234,17 +239,50 @@ def test_healthcheck_command_judges_livez(image: Image, livez_stub: type[_Livez]
 
 
 def management_serves(running: Running, path: str) -> httpx.Response | None:
+    """GET on the management port; None when the sidecar has none (waited for once)."""
     url = f"http://127.0.0.1:{running.management_port}{path}"
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
+    # The API already answers, so a management port would be up by now, or nearly.
+    deadline = time.monotonic() + (1.5 if running.management_up is None else 0)
+    while True:
         try:
-            return httpx.get(url, timeout=1)
+            response = httpx.get(url, timeout=2)
         except httpx.TransportError:
+            if time.monotonic() > deadline:
+                running.management_up = False
+                return None
             time.sleep(0.1)
-    return None
+        else:
+            running.management_up = True
+            return response
 
 
 def test_healthcheck_passes_against_the_installed_sidecar(running: Running) -> None:
     if management_serves(running, "/livez") is None:
         pytest.skip("the sidecar does not serve the management port yet (issue 5, part 1)")
     assert run_healthcheck(running.image, running.management_port) == 0
+
+
+def exported_series(exposition: str) -> set[str]:
+    """Series names a Prometheus text exposition offers, including metrics with no samples yet."""
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
+    names = set()
+    for line in exposition.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            base = name.removesuffix("_total") if kind == "counter" else name
+            names.update(base + suffix for suffix in suffixes.get(kind, [""]))
+        elif line and not line.startswith("#"):
+            names.add(re.split(r"[{ ]", line, maxsplit=1)[0])
+    return names
+
+
+def test_grafana_dashboard_uses_only_exported_metrics(running: Running) -> None:
+    response = management_serves(running, "/metrics")
+    if response is None:
+        pytest.skip("the sidecar does not serve the management port yet (issue 5, part 1)")
+    assert response.status_code == 200
+    dashboard = json.loads(DASHBOARD.read_text())
+    queries = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    used = {name for q in queries for name in re.findall(r"\bstigg_sidecar_\w+", q)}
+    missing = used - exported_series(response.text)
+    assert not missing, f"the dashboard queries metrics /metrics does not export: {missing}"
