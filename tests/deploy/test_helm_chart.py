@@ -685,3 +685,61 @@ def test_disabled_sidecar_renders_nothing(app_chart: helm.Chart) -> None:
 def test_app_chart_validates_the_sidecar_values_against_its_schema(app_chart: helm.Chart) -> None:
     with pytest.raises(helm.HelmValuesError, match="/inject/type"):
         app_chart.validate_schema({SIDECAR: {"inject": {"type": "sidecar"}}})
+
+
+# --- the README's "Install with Helm" examples --------------------------------------------
+
+
+def readme_helm_section() -> str:
+    text = (REPO / "README.md").read_text()
+    return text.split("## Install with Helm\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_readme_includes_only_templates_the_chart_defines() -> None:
+    section = readme_helm_section()
+    defined = set(
+        re.findall(r'define "([^"]+)"', (CHART / "templates" / "_inject.tpl").read_text())
+    )
+    used = set(re.findall(r'include "([^"]+)"', section))
+    assert used
+    assert used <= defined
+
+
+def test_readme_values_examples_are_valid(chart: helm.Chart, app_chart: helm.Chart) -> None:
+    blocks = re.findall(r"```yaml\n(.*?)```", readme_helm_section(), flags=re.S)
+    checked = 0
+    for block in blocks:
+        if "{{" in block or block.startswith("# Chart.yaml"):
+            continue
+        values = yaml.safe_load(block)
+        if SIDECAR in values:  # an app chart's values
+            render(app_chart, values, "readme", "inject")
+        else:
+            chart.validate_schema(values)
+        checked += 1
+    assert checked >= 3
+
+
+def test_readme_standalone_install_command_renders(chart: helm.Chart) -> None:
+    section = readme_helm_section()
+    command = re.search(r"helm install .*?(?=\n```)", section, flags=re.S)
+    assert command
+    sets = re.findall(r"--set (\S+)", command.group(0))
+    values: dict[str, Any] = {}
+    for expression in sets:
+        parsed = helm.parse_set_string(expression)
+        values = helm_merge(values, parsed)
+    result = render(chart, values, "readme", "standalone")
+    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"} <= {
+        m["kind"] for m in result.manifests
+    }
+
+
+def helm_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = helm_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
