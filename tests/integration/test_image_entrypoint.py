@@ -8,6 +8,7 @@ import http.server
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -74,8 +75,13 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Image:
         # `uv sync --locked` already filled uv's cache; the image build must need nothing else.
         UV_OFFLINE="1",
     )
+    command = final_uv_sync(build)
+    # `uv run` names itself in $UV; otherwise the uv on PATH.
+    uv = os.environ.get("UV") or shutil.which("uv")
+    if uv is None:
+        pytest.fail("uv is needed to build the image's environment: install it (pip install uv)")
     result = subprocess.run(
-        final_uv_sync(build),
+        [uv, *command[1:]],
         cwd=context,
         env=env,
         capture_output=True,

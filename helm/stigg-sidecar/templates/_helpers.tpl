@@ -36,7 +36,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{- define "stigg-sidecar.imageTag" -}}
-{{- .Values.image.tag | default .Chart.AppVersion }}
+{{- .Values.image.tag | default .Chart.AppVersion | toString }}
 {{- end }}
 
 {{- define "stigg-sidecar.image" -}}
