@@ -109,7 +109,9 @@ def running(image: Image, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     [entrypoint] = image.runtime.all("ENTRYPOINT")
     command = exec_form(entrypoint)
     port, management_port = free_port(), free_port()
-    env = dict(image.env, SIDECAR_MANAGEMENT_PORT=str(management_port))
+    env = dict(
+        image.env, SIDECAR_MANAGEMENT_PORT=str(management_port), SIDECAR_MCP_PORT=str(free_port())
+    )
     outside = tmp_path_factory.mktemp("cwd")  # no config/ here: the packaged catalog is used
     process = subprocess.Popen(
         [*command, "--local", "--port", str(port)],
@@ -225,7 +227,9 @@ def livez_stub() -> Iterator[type[_Livez]]:
 
 def run_healthcheck(image: Image, management_port: int) -> int:
     options, command = healthcheck(image.runtime)
-    env = dict(image.env, SIDECAR_MANAGEMENT_PORT=str(management_port))
+    env = dict(
+        image.env, SIDECAR_MANAGEMENT_PORT=str(management_port), SIDECAR_MCP_PORT=str(free_port())
+    )
     result = subprocess.run(
         command,  # "python" resolves to the venv's, through the image's PATH
         env=env,
