@@ -126,16 +126,17 @@ def _request_fallback(request: web.Request, params: dict[str, str]) -> FeatureFa
 
 async def check_entitlement(request: web.Request) -> web.Response:
     params = _query(request, _CHECK_PARAMS)
-    requested_usage = _number(params, "requestedUsage")
-    requested_values = _values(request, "requestedValues") or None
-    check = CheckRequest(
-        customer_id=_required(params, "customerId"),
-        feature_id=_required(params, "featureId"),
-        resource_id=_optional_id(params, "resourceId"),
-        requested_usage=requested_usage,
-        requested_values=requested_values,
-    )
-    fallback = _request_fallback(request, params)
+    check = CheckRequest(_required(params, "customerId"), _required(params, "featureId"))
+    fallback = None
+    if len(params) > 2:  # the hot path asks only the two required ones
+        check = CheckRequest(
+            customer_id=check.customer_id,
+            feature_id=check.feature_id,
+            resource_id=_optional_id(params, "resourceId"),
+            requested_usage=_number(params, "requestedUsage"),
+            requested_values=_values(request, "requestedValues") or None,
+        )
+        fallback = _request_fallback(request, params)
     return json_response(await _services(request).entitlements.check(check, fallback))
 
 

@@ -6,12 +6,13 @@ including ``requestedUsage`` and ``requestedValues``, is then evaluated here, th
 
 from __future__ import annotations
 
+import functools
 import sys
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 # Stigg's AccessDeniedReason enum names (a subset is produced locally).
 CUSTOMER_NOT_FOUND = "CustomerNotFound"
@@ -216,9 +217,8 @@ class EntitlementsState:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class CheckRequest:
-    """One entitlement check as an app asks it."""
+class CheckRequest(NamedTuple):
+    """One entitlement check as an app asks it (a tuple: built on every check, cheaply)."""
 
     customer_id: str
     feature_id: str
@@ -227,7 +227,9 @@ class CheckRequest:
     requested_values: tuple[str, ...] | None = None
 
 
+@functools.lru_cache(maxsize=4096)
 def _iso(epoch: float | None) -> str | None:
+    """Cached: the same few period boundaries are formatted for every check."""
     if epoch is None:
         return None
     return datetime.fromtimestamp(epoch, tz=UTC).isoformat().replace("+00:00", "Z")
@@ -284,19 +286,15 @@ def evaluate(
     if entitlement is None:
         answer["accessDeniedReason"] = NO_FEATURE_ENTITLEMENT
         return answer
-    has_access, reason = _decide(entitlement, request, now)
-    answer.update(describe(entitlement, now))
-    answer["hasAccess"] = has_access
-    answer["accessDeniedReason"] = reason
+    answer["hasAccess"], answer["accessDeniedReason"] = _decide(entitlement, request, now)
+    _describe(answer, entitlement, now)
     return answer
 
 
-def describe(entitlement: FeatureEntitlement, now: float) -> dict[str, Any]:
-    """The feature-dependent fields of an answer."""
-    fields: dict[str, Any] = {
-        "isUnlimited": entitlement.has_unlimited_usage,
-        "hasSoftLimit": entitlement.has_soft_limit,
-    }
+def _describe(fields: dict[str, Any], entitlement: FeatureEntitlement, now: float) -> None:
+    """Fill in the feature-dependent fields of an answer."""
+    fields["isUnlimited"] = entitlement.has_unlimited_usage
+    fields["hasSoftLimit"] = entitlement.has_soft_limit
     if entitlement.feature_type == "ENUM":
         fields["type"] = "ENUM"
         fields["enumValues"] = list(entitlement.enum_values or ())
@@ -314,7 +312,6 @@ def describe(entitlement: FeatureEntitlement, now: float) -> dict[str, Any]:
         fields["value"] = entitlement.usage_limit
     else:
         fields["type"] = "BOOLEAN"
-    return fields
 
 
 def _decide(

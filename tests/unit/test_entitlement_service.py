@@ -206,7 +206,7 @@ async def test_fallback_chain_order(upstream: FakeUpstream, clock: FakeClock) ->
         True,
         100,
     )
-    over = await svc.check(replace(CALLS, requested_usage=101))
+    over = await svc.check(CALLS._replace(requested_usage=101))
     assert (over["hasAccess"], over["accessDeniedReason"]) == (
         False,
         "RequestedUsageExceedingLimit",

@@ -1,0 +1,171 @@
+"""Shared helpers for the benchmark scripts: processes on loopback, wrk and h2load runs."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+API_KEY = "bench-api-key-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def pinned(cpu: int, command: list[str]) -> list[str]:
+    """Run on one core when taskset exists, so client and server do not fight for it."""
+    return ["taskset", "-c", str(cpu), *command] if shutil.which("taskset") else command
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode}")
+        try:
+            httpx.get(url, timeout=0.5)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer in {timeout} s")
+
+
+@contextmanager
+def process(
+    command: list[str],
+    ready_url: str,
+    env: dict[str, str] | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("STIGG_", "SIDECAR_"))}
+    full_env.update(env or {})
+    proc = subprocess.Popen(
+        command, env=full_env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_ready(ready_url, proc)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@contextmanager
+def emulator(cpu: int = 0) -> Iterator[str]:
+    """The emulator in its own process; yields its base URL."""
+    port = free_port()
+    command = pinned(
+        cpu,
+        [
+            sys.executable,
+            "-m",
+            "sidecar.emulator",
+            "--catalog",
+            "config/catalog.yaml",
+            "--api-key",
+            API_KEY,
+            "--port",
+            str(port),
+        ],
+    )
+    with process(command, f"http://127.0.0.1:{port}/healthz"):
+        yield f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def sidecar(
+    stigg_url: str | None = None,
+    *,
+    cpu: int = 1,
+    env: dict[str, str] | None = None,
+) -> Iterator[str]:
+    """The sidecar in its own process (``--local`` unless ``stigg_url``); yields its base URL."""
+    port = free_port()
+    settings = {"SIDECAR_MCP_ENABLED": "false", **(env or {})}
+    args = [sys.executable, "-m", "sidecar", "--port", str(port)]
+    if stigg_url is None:
+        args.append("--local")
+    else:
+        settings.update(STIGG_API_URL=f"{stigg_url}/graphql", STIGG_API_KEY=API_KEY)
+    with process(pinned(cpu, args), f"http://127.0.0.1:{port}/openapi.json", settings):
+        yield f"http://127.0.0.1:{port}"
+
+
+def wrk(url: str, *, seconds: int = 10, connections: int = 16, cpu: int = 0) -> dict[str, float]:
+    """Closed-loop throughput over keep-alive connections: req/s, p50 and p99 in ms."""
+    out = subprocess.run(
+        pinned(cpu, ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    latency = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", out, flags=re.M))
+    return {"rps": rps, "p50_ms": _ms(latency["50"]), "p99_ms": _ms(latency["99"])}
+
+
+def _ms(text: str) -> float:
+    number, unit = re.match(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def h2load_fixed_rate(
+    url: str, *, rate: int, seconds: int, clients: int = 10, cpu: int = 0
+) -> dict[str, float]:
+    """Open-loop: ``rate`` requests/s spread over ``clients`` keep-alive HTTP/1.1 connections;
+    percentiles from h2load's per-request log."""
+    with tempfile.NamedTemporaryFile(suffix=".log") as log:
+        subprocess.run(
+            pinned(
+                cpu,
+                [
+                    "h2load",
+                    "--h1",
+                    "-c",
+                    str(clients),
+                    "--rps",
+                    str(rate // clients),
+                    "-n",
+                    str(rate * seconds),
+                    "--log-file",
+                    log.name,
+                    url,
+                ],
+            ),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        durations = [
+            int(line.split()[2]) / 1000.0
+            for line in Path(log.name).read_text().splitlines()
+            if line.strip()
+        ]
+    return {
+        "requests": len(durations),
+        "p50_ms": percentile(durations, 50),
+        "p99_ms": percentile(durations, 99),
+        "max_ms": max(durations),
+    }
