@@ -14,6 +14,7 @@ from sidecar.api.graphql import graphql_passthrough
 from sidecar.api.http import SERVICES, Services
 from sidecar.api.openapi import openapi_document
 from sidecar.api.rest import routes
+from sidecar.api.usage import usage_routes
 from sidecar.config import Secret, Settings
 from sidecar.entitlements.service import EntitlementService
 from sidecar.provisioning import ProvisioningService
@@ -25,10 +26,10 @@ log = logging.getLogger(__name__)
 SETTINGS = web.AppKey("settings", Settings)
 
 
-def build_services(upstream: Upstream) -> Services:
+def build_services(upstream: Upstream, settings: Settings) -> Services:
     return Services(
         entitlements=EntitlementService(upstream),
-        usage=UsageService(upstream),
+        usage=UsageService.from_settings(upstream, settings),
         provisioning=ProvisioningService(upstream),
         upstream=upstream,
     )
@@ -55,13 +56,30 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
         )
     assert api_key is not None  # load_settings refuses to start without one
     client = StiggClient(stigg, api_key)
-    app[SERVICES] = build_services(client)
+    app[SERVICES] = build_services(client, settings)
     try:
         yield
     finally:
         await client.aclose()
         if emulator is not None:
             await emulator.stop()
+
+
+async def _usage_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The usage pipeline: spool opened and flushers started after the upstream, drained and
+    closed before it (cleanup runs in reverse)."""
+    usage = app[SERVICES].usage
+    await usage.start()
+    try:
+        yield
+    finally:
+        await usage.stop()
+
+
+async def _stop_accepting_usage(app: web.Application) -> None:
+    # on_shutdown runs once the listening sockets are closed and before in-flight requests
+    # are awaited: from here on new reports get 503 and the drain deadline is running.
+    app[SERVICES].usage.stop_accepting()
 
 
 async def _openapi(request: web.Request) -> web.Response:
@@ -78,8 +96,11 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> web.A
     if upstream is None:
         app.cleanup_ctx.append(_upstream_ctx)
     else:
-        app[SERVICES] = build_services(upstream)
+        app[SERVICES] = build_services(upstream, settings)
+    app.cleanup_ctx.append(_usage_ctx)
+    app.on_shutdown.append(_stop_accepting_usage)
     app.add_routes(routes())
+    app.add_routes(usage_routes())
     app.router.add_post("/graphql", graphql_passthrough)
     app.router.add_get("/openapi.json", _openapi, allow_head=False)
     return app

@@ -3,10 +3,12 @@ and a real redis-server for integration tests."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -50,7 +52,16 @@ def sidecar_settings(api_url: str, **stigg: object) -> Settings:
         retry_backoff_seconds=0.01,
         retry_backoff_max_seconds=0.05,
     )
-    return Settings(stigg=replace(base, **stigg), api_key=Secret(API_KEY))
+    return Settings(
+        stigg=replace(base, **stigg), api_key=Secret(API_KEY), data_dir=temporary_data_dir()
+    )
+
+
+def temporary_data_dir() -> Path:
+    """A fresh data directory (usage spool) that is removed when the test run ends."""
+    path = Path(tempfile.mkdtemp(prefix="stigg-sidecar-test-"))
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 async def start_sidecar(settings: Settings) -> TestClient[web.Request, web.Application]:

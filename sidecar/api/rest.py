@@ -11,7 +11,6 @@ from sidecar.provisioning import (
     provision_customer_input,
     provision_subscription_input,
 )
-from sidecar.usage.model import parse_usage
 from sidecar.validation import ValidationError, check_identifier, parse_number
 
 MAX_REQUESTED_VALUES = 100
@@ -99,11 +98,6 @@ async def list_entitlements(request: web.Request) -> web.Response:
     return json_response(result)
 
 
-async def report_usage(request: web.Request) -> web.Response:
-    report = parse_usage(await read_json(request))
-    return json_response(await _services(request).usage.report(report))
-
-
 def routes() -> list[web.RouteDef]:
     return [
         web.post("/v1/customers", provision_customer),
@@ -112,5 +106,4 @@ def routes() -> list[web.RouteDef]:
         web.post("/v1/subscriptions/{subscriptionId}/cancel", cancel_subscription),
         web.get("/v1/entitlements", check_entitlement, allow_head=False),
         web.get("/v1/customers/{customerId}/entitlements", list_entitlements, allow_head=False),
-        web.post("/v1/usage", report_usage),
     ]

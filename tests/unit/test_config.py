@@ -107,6 +107,6 @@ def test_example_config_loads_and_documents_every_key() -> None:
     settings = load_settings(example, KEY)  # an unknown key would raise
     assert settings == load_settings(None, KEY)  # the example shows the defaults
     documented = yaml.safe_load(example.read_text())
-    for name in ("server", "stigg", "logging"):
+    for name in ("server", "stigg", "logging", "usage"):
         fields = dataclasses.fields(getattr(settings, name))
         assert set(documented[name]) == {_camel(f.name) for f in fields}, name
