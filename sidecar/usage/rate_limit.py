@@ -7,6 +7,8 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
+_EPSILON = 1e-9
+
 
 class TokenBucket:
     """At most ``per_minute`` calls a minute, evenly paced.
@@ -32,20 +34,23 @@ class TokenBucket:
         self._sleep = sleep
         self._tokens = capacity
         self._updated = clock()
-        self._blocked_until = 0.0
 
     def _refill(self, now: float) -> None:
-        self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
-        self._updated = now
+        # _updated may lie in the future (a penalty): nothing accrues before it.
+        if now > self._updated:
+            self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
+            self._updated = now
 
     def delay(self) -> float:
         """Seconds until a token is available (0: now)."""
         now = self._clock()
         self._refill(now)
-        wait = max(0.0, self._blocked_until - now)
-        if self._tokens < 1:
-            wait = max(wait, (1 - self._tokens) / self.rate)
-        return wait
+        held = max(0.0, self._updated - now)
+        missing = 1.0 - self._tokens
+        # The tolerance keeps float rounding from turning into a sleep too short to matter.
+        if held == 0.0 and missing <= _EPSILON:
+            return 0.0
+        return held + max(0.0, missing) / self.rate
 
     def try_acquire(self) -> bool:
         if self.delay() > 0:
@@ -63,7 +68,7 @@ class TokenBucket:
         now = self._clock()
         self._refill(now)
         self._tokens = min(self._tokens, 0.0)
-        self._blocked_until = max(self._blocked_until, now + seconds)
+        self._updated = max(self._updated, now + seconds)
 
 
 def full_jitter(

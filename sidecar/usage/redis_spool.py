@@ -59,8 +59,8 @@ for i = 1, n do
   local k = tonumber(ARGV[4 + 2 * i])
   local is_dup = false
   if k > 0 then
-    if seen[k] or redis.call('EXISTS', KEYS[k]) == 1 then is_dup = true end
-    seen[k] = true
+    if seen[KEYS[k]] or redis.call('EXISTS', KEYS[k]) == 1 then is_dup = true end
+    seen[KEYS[k]] = true
   end
   dup[i] = is_dup
   if not is_dup then
