@@ -194,10 +194,10 @@ class Flusher:
         self._restart_fetch = True
         self._next_full_check = 0
 
-    async def _wait(self, seconds: float | None) -> None:
-        poll = self._spool.poll_interval
-        if poll is not None:
-            seconds = poll if seconds is None else min(seconds, poll)
+    async def _wait(self, seconds: float | None, *, poll: bool = True) -> None:
+        poll_interval = self._spool.poll_interval if poll else None
+        if poll_interval is not None:
+            seconds = poll_interval if seconds is None else min(seconds, poll_interval)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=seconds)
         self._wake.clear()
@@ -210,7 +210,8 @@ class Flusher:
             self._reset()
             if self._draining:
                 return True
-            await self._wait(self._settings.claim_idle_seconds / 3)
+            # Standing by: try for the lease a few times per lease period, not at poll rate.
+            await self._wait(self._settings.claim_idle_seconds / 3, poll=False)
             return False
         if self.kind == "usage":
             self._stats.leader = True
