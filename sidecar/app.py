@@ -22,6 +22,7 @@ from sidecar.api.graphql import graphql_passthrough
 from sidecar.api.http import SERVICES, SETTINGS, Services
 from sidecar.api.openapi import openapi_document
 from sidecar.api.rest import routes
+from sidecar.api.usage import usage_routes
 from sidecar.api.webhooks import webhook_routes
 from sidecar.cache.broadcast import RedisBroadcast
 from sidecar.cache.memory import MemoryStore
@@ -127,12 +128,29 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[SERVICES] = Services(
         entitlements=entitlements,
-        usage=UsageService(upstream),
+        usage=UsageService.from_settings(upstream, settings, listener=entitlements),
         provisioning=ProvisioningService(upstream, entitlements),
         upstream=upstream,
     )
     yield
     await entitlements.aclose()
+
+
+async def _usage_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The usage pipeline: spool opened and flushers started after the services, drained and
+    closed before them (cleanup runs in reverse)."""
+    usage = app[SERVICES].usage
+    await usage.start()
+    try:
+        yield
+    finally:
+        await usage.stop()
+
+
+async def _stop_accepting_usage(app: web.Application) -> None:
+    # on_shutdown runs once the listening sockets are closed and before in-flight requests
+    # are awaited: from here on new reports get 503 and the drain deadline is running.
+    app[SERVICES].usage.stop_accepting()
 
 
 async def _run_in_background(name: str, coroutine: Any) -> AsyncIterator[None]:
@@ -148,10 +166,18 @@ async def _broadcast_ctx(app: web.Application) -> AsyncIterator[None]:
     entitlements = app[SERVICES].entitlements
 
     async def on_event(event: dict[str, Any]) -> None:
-        if event.get("type") == "invalidate" and isinstance(event.get("customerId"), str):
-            entitlements.drop_local(event["customerId"])
-        elif event.get("type") == "resync":
-            entitlements.drop_all_local()
+        kind = event.get("type")
+        try:
+            if kind == "invalidate":
+                entitlements.drop_local(str(event["customerId"]))
+            elif kind == "usage":
+                entitlements.apply_reports(event["changes"])
+            elif kind == "usage_confirmed":
+                entitlements.apply_confirmed(event["measurements"])
+            elif kind == "resync":
+                entitlements.drop_all_local()
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("ignoring a malformed %s event from another replica: %r", kind, exc)
 
     async for _ in _run_in_background("broadcast", app[BROADCAST].listen(on_event)):
         yield
@@ -183,6 +209,8 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> web.A
     if settings.redis_url is not None:
         app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(_services_ctx)
+    app.cleanup_ctx.append(_usage_ctx)
+    app.on_shutdown.append(_stop_accepting_usage)
     if settings.redis_url is not None:
         app.cleanup_ctx.append(_broadcast_ctx)
     if settings.realtime.enabled and upstream is None:
@@ -193,6 +221,7 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> web.A
 
         setup_mcp(app, settings, lambda: app[SERVICES])
     app.add_routes(routes())
+    app.add_routes(usage_routes())
     app.add_routes(webhook_routes())
     app.router.add_post("/graphql", graphql_passthrough)
     app.router.add_get("/openapi.json", _openapi, allow_head=False)

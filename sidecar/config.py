@@ -272,6 +272,97 @@ class McpSettings:
 
 
 @dataclass(frozen=True)
+class UsageSettings:
+    """The durable usage pipeline: spool, batching, rate limit and shutdown drain."""
+
+    flush_interval_seconds: float = field(
+        default=1.0,
+        metadata=_meta("Send a partial batch once its oldest report waited this long.", minimum=0),
+    )
+    max_batch_size: int = field(
+        default=100,
+        metadata=_meta(
+            "Usages per reportUsageBulk call (Stigg allows 100).", minimum=1, maximum=100
+        ),
+    )
+    max_event_batch_size: int = field(
+        default=1000,
+        metadata=_meta("Events per reportEvent call (Stigg allows 1000).", minimum=1, maximum=1000),
+    )
+    calls_per_minute: int = field(
+        default=600,
+        metadata=_meta("reportUsageBulk calls per minute (token bucket).", minimum=1),
+    )
+    event_calls_per_minute: int = field(
+        default=250, metadata=_meta("reportEvent calls per minute (token bucket).", minimum=1)
+    )
+    coalesce: bool = field(
+        default=True,
+        metadata=_meta("Merge DELTA reports without client keys for the same usage key."),
+    )
+    coalesce_window_seconds: float = field(
+        default=60.0,
+        metadata=_meta("Only reports whose timestamps fall in one such window merge.", minimum=1),
+    )
+    max_reports_per_batch: int = field(
+        default=10_000,
+        metadata=_meta("Most reports one (coalesced) batch may carry.", minimum=1),
+    )
+    max_reports_per_request: int = field(
+        default=1000,
+        metadata=_meta(
+            "Most reports in one POST /v1/usage or /v1/events.", minimum=1, maximum=1000
+        ),
+    )
+    spool_max_bytes: int = field(
+        default=1024**3,
+        metadata=_meta("Spooled report bytes before new reports get 503.", minimum=1024),
+    )
+    spool_max_reports: int = field(
+        default=5_000_000,
+        metadata=_meta("Spooled reports before new reports get 503.", minimum=1),
+    )
+    full_retry_after_seconds: int = field(
+        default=5, metadata=_meta("Retry-After sent with 503 when the spool is full.", minimum=1)
+    )
+    dedupe_window_seconds: float = field(
+        default=86_400.0,
+        metadata=_meta("How long a client idempotency key is remembered.", minimum=1),
+    )
+    shutdown_deadline_seconds: float = field(
+        default=20.0,
+        metadata=_meta(
+            "On SIGTERM, flush for at most this long; the rest stays spooled.", minimum=0
+        ),
+    )
+    retry_backoff_seconds: float = field(
+        default=0.5, metadata=_meta("Base of the full-jitter backoff of failed flushes.", minimum=0)
+    )
+    retry_backoff_max_seconds: float = field(
+        default=30.0, metadata=_meta("Cap of one flush backoff sleep.", minimum=0)
+    )
+    auth_retry_seconds: float = field(
+        default=60.0,
+        metadata=_meta("While Stigg rejects the API key, retry flushing this often.", minimum=0.01),
+    )
+    sqlite_synchronous: str = field(
+        default="FULL",
+        metadata=_meta("SQLite spool fsync mode (FULL or NORMAL).", choices=("FULL", "NORMAL")),
+    )
+    redis_key_prefix: str = field(
+        default="stigg-sidecar", metadata=_meta("Prefix of the Redis spool's keys.")
+    )
+    claim_idle_seconds: float = field(
+        default=15.0,
+        metadata=_meta(
+            "Redis: a flushing replica silent this long is presumed dead; another claims its"
+            " reports.",
+            minimum=0.1,
+        ),
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the sidecar needs to start."""
 
@@ -282,6 +373,7 @@ class Settings:
     realtime: RealtimeSettings = field(default_factory=RealtimeSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     mcp: McpSettings = field(default_factory=McpSettings)
+    usage: UsageSettings = field(default_factory=UsageSettings)
     api_key: Secret | None = None
     # Bearer token clients must send to the sidecar's API and MCP endpoint; None: no check.
     auth_token: Secret | None = None
@@ -306,6 +398,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "realtime": RealtimeSettings,
     "logging": LoggingSettings,
     "mcp": McpSettings,
+    "usage": UsageSettings,
 }
 
 
@@ -469,6 +562,7 @@ def load_settings(
         realtime=sections["realtime"],
         logging=sections["logging"],
         mcp=mcp,
+        usage=sections["usage"],
         api_key=api_key,
         auth_token=auth_token,
         redis_url=redis_url,

@@ -3,10 +3,12 @@ and a real redis-server for integration tests."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -53,8 +55,18 @@ def sidecar_settings(api_url: str, **stigg: object) -> Settings:
     )
     # MCP is on by default on a fixed port; tests that want it pick a free port (test_mcp.py).
     return Settings(
-        stigg=replace(base, **stigg), api_key=Secret(API_KEY), mcp=McpSettings(enabled=False)
+        stigg=replace(base, **stigg),
+        api_key=Secret(API_KEY),
+        mcp=McpSettings(enabled=False),
+        data_dir=temporary_data_dir(),
     )
+
+
+def temporary_data_dir() -> Path:
+    """A fresh data directory (usage spool) that is removed when the test run ends."""
+    path = Path(tempfile.mkdtemp(prefix="stigg-sidecar-test-"))
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 async def start_sidecar(settings: Settings) -> TestClient[web.Request, web.Application]:

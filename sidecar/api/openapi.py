@@ -6,6 +6,7 @@ from functools import cache
 from typing import Any
 
 from sidecar import __version__
+from sidecar.api.usage_openapi import USAGE_SCHEMAS, usage_paths
 
 JSON = "application/json"
 
@@ -250,45 +251,6 @@ _SCHEMAS: dict[str, Any] = {
             "entitlements": {"type": "array", "items": _ref("Entitlement")},
         },
     },
-    "UsageReport": {
-        "type": "object",
-        "required": ["customerId", "featureId", "value"],
-        "additionalProperties": False,
-        "properties": {
-            "customerId": _ID,
-            "featureId": _ID,
-            "value": {"type": "number", "description": "Finite; added (DELTA) or set (SET)."},
-            "resourceId": _ID,
-            "updateBehavior": {"type": "string", "enum": ["DELTA", "SET"], "default": "DELTA"},
-            "idempotencyKey": {
-                "type": "string",
-                "maxLength": 255,
-                "description": "Repeat it to retry safely; minted by the sidecar when absent.",
-            },
-            "timestamp": {
-                **_DATE_TIME,
-                "description": "When the usage happened; not in the future.",
-            },
-            "dimensions": {
-                "type": "object",
-                "additionalProperties": {"type": ["string", "number", "boolean"]},
-            },
-        },
-    },
-    "UsageAccepted": {
-        "type": "object",
-        "properties": {
-            "id": _nullable({"type": "string"}),
-            "idempotencyKey": {"type": "string"},
-            "customerId": {"type": "string"},
-            "featureId": {"type": "string"},
-            "resourceId": _nullable({"type": "string"}),
-            "currentUsage": _nullable({"type": "number"}),
-            "usagePeriodStart": _nullable(_DATE_TIME),
-            "usagePeriodEnd": _nullable(_DATE_TIME),
-            "timestamp": _nullable(_DATE_TIME),
-        },
-    },
     "GraphQLRequest": {
         "type": "object",
         "required": ["query"],
@@ -419,17 +381,6 @@ def openapi_document() -> dict[str, Any]:
                 },
             }
         },
-        "/v1/usage": {
-            "post": {
-                "operationId": "reportUsage",
-                "summary": "Report usage of a metered feature.",
-                "requestBody": _body("UsageReport"),
-                "responses": {
-                    **_ok("UsageAccepted"),
-                    **_errors(400, 404, 413, 422, *_UPSTREAM_ERRORS),
-                },
-            }
-        },
         "/graphql": {
             "post": {
                 "operationId": "graphqlPassthrough",
@@ -458,6 +409,7 @@ def openapi_document() -> dict[str, Any]:
             }
         },
     }
+    paths.update(usage_paths())
     return {
         "openapi": "3.1.0",
         "info": {
@@ -467,5 +419,5 @@ def openapi_document() -> dict[str, Any]:
         },
         "servers": [{"url": "http://127.0.0.1:8080"}],
         "paths": paths,
-        "components": {"schemas": _SCHEMAS},
+        "components": {"schemas": {**_SCHEMAS, **USAGE_SCHEMAS}},
     }

@@ -12,7 +12,6 @@ from sidecar.provisioning import (
     provision_customer_input,
     provision_subscription_input,
 )
-from sidecar.usage.model import parse_usage
 from sidecar.validation import ValidationError, check_identifier, parse_number
 
 MAX_REQUESTED_VALUES = 100
@@ -158,11 +157,6 @@ async def reload_entitlements(request: web.Request) -> web.Response:
     return json_response(result)
 
 
-async def report_usage(request: web.Request) -> web.Response:
-    report = parse_usage(await read_json(request))
-    return json_response(await _services(request).usage.report(report))
-
-
 def routes() -> list[web.RouteDef]:
     return [
         web.post("/v1/customers", provision_customer),
@@ -172,5 +166,4 @@ def routes() -> list[web.RouteDef]:
         web.get("/v1/entitlements", check_entitlement, allow_head=False),
         web.get("/v1/customers/{customerId}/entitlements", list_entitlements, allow_head=False),
         web.post("/v1/customers/{customerId}/entitlements/reload", reload_entitlements),
-        web.post("/v1/usage", report_usage),
     ]

@@ -10,7 +10,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -26,10 +26,12 @@ from sidecar.entitlements.model import (
     EntitlementsState,
     FeatureEntitlement,
     evaluate,
+    parse_timestamp,
 )
 from sidecar.upstream import documents
 from sidecar.upstream.client import Upstream
 from sidecar.upstream.errors import UpstreamError
+from sidecar.usage.model import UsageReport
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +39,11 @@ State = EntitlementsState
 
 
 class Broadcast(Protocol):
-    """Tells the other replicas that a customer's cached state changed (Redis pub/sub)."""
+    """Tells the other replicas what changed in this one's cache (Redis pub/sub)."""
 
     async def publish_invalidation(self, customer_id: str) -> None: ...
+
+    async def publish(self, event: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -338,22 +342,107 @@ class EntitlementService:
         current_usage: float,
         **period: float | None,
     ) -> bool:
-        """A pushed or confirmed usage value for one feature; False when nothing was cached."""
-        key = (customer_id, resource_id)
-        entry = self.l1.get_nowait(key)
-        if entry is None:
+        """Stigg's usage for one feature (pushed, or answered to a delivered batch);
+        False when nothing was cached."""
+        return self._reconcile(
+            customer_id, resource_id, feature_id, current_usage, period, keep_higher=False
+        )
+
+    # --- optimistic usage (UsageListener) ------------------------------------------------
+
+    async def usage_accepted(self, reports: Sequence[UsageReport]) -> None:
+        """Count just-accepted reports at once, here and (via Redis) on every replica, so a
+        check right after a report sees it without waiting for the flush to Stigg."""
+        changes = [
+            [r.customer_id, r.resource_id, r.feature_id, r.update_behavior, r.value]
+            for r in reports
+        ]
+        self.apply_reports(changes)
+        await self._publish({"type": "usage", "changes": changes})
+
+    async def usage_confirmed(self, measurements: Sequence[Mapping[str, Any]]) -> None:
+        """What Stigg answered to a delivered batch reconciles the optimistic counts."""
+        confirmed = [
+            [
+                m["customerId"],
+                m.get("resourceId"),
+                m["featureId"],
+                float(m["currentUsage"]),
+                parse_timestamp(m.get("usagePeriodStart")),
+                parse_timestamp(m.get("usagePeriodEnd")),
+            ]
+            for m in measurements
+            if m.get("currentUsage") is not None
+        ]
+        self.apply_confirmed(confirmed)
+        await self._publish({"type": "usage_confirmed", "measurements": confirmed})
+
+    def apply_reports(self, changes: Iterable[Sequence[Any]]) -> None:
+        """``[customerId, resourceId, featureId, DELTA|SET, value]`` items, to L1."""
+        for customer_id, resource_id, feature_id, behavior, value in changes:
+            found = self._cached_entitlement(customer_id, resource_id, feature_id)
+            if found is None or not found[1].is_metered:
+                continue
+            entry, old = found
+            usage = value if behavior == "SET" else (old.current_usage or 0.0) + value
+            self._put(entry, dataclasses.replace(old, current_usage=usage))
+
+    def apply_confirmed(self, measurements: Iterable[Sequence[Any]]) -> None:
+        """``[customerId, resourceId, featureId, currentUsage, periodStart, periodEnd]`` items."""
+        for customer_id, resource_id, feature_id, usage, start, end in measurements:
+            period = {"usage_period_start": start, "usage_period_end": end}
+            self._reconcile(customer_id, resource_id, feature_id, usage, period, keep_higher=True)
+
+    def _reconcile(
+        self,
+        customer_id: str,
+        resource_id: str | None,
+        feature_id: str,
+        usage: float,
+        period: Mapping[str, float | None],
+        *,
+        keep_higher: bool,
+    ) -> bool:
+        found = self._cached_entitlement(customer_id, resource_id, feature_id)
+        if found is None:
             return False
-        old = entry.value.entitlements.get(feature_id)
-        if old is None:
-            return False
-        changes: dict[str, Any] = {"current_usage": current_usage}
+        entry, old = found
+        start = period.get("usage_period_start")
+        same_period = start is None or start == old.usage_period_start
+        incremental = old.meter_type == "Incremental"
+        if keep_higher and incremental and same_period and old.current_usage is not None:
+            # Stigg's answer to a batch predates reports accepted since, which are counted
+            # here already: taking its figure as is would forget them until they are sent.
+            usage = max(usage, old.current_usage)
+        changes: dict[str, Any] = {"current_usage": usage}
         changes.update({k: v for k, v in period.items() if v is not None})
-        updated = dataclasses.replace(old, **changes)
+        self._put(entry, dataclasses.replace(old, **changes))
+        return True
+
+    def _cached_entitlement(
+        self, customer_id: str, resource_id: str | None, feature_id: str
+    ) -> tuple[CacheEntry[State], FeatureEntitlement] | None:
+        entry = self.l1.get_nowait((customer_id, resource_id))
+        if entry is None:
+            return None
+        old = entry.value.entitlements.get(feature_id)
+        return None if old is None else (entry, old)
+
+    def _put(self, entry: CacheEntry[State], updated: FeatureEntitlement) -> None:
         state = dataclasses.replace(
             entry.value, entitlements=_replaced(entry.value.entitlements, updated)
         )
-        self.l1.set_nowait(key, dataclasses.replace(entry, value=state))
-        return True
+        self.l1.set_nowait(
+            (state.customer_id, state.resource_id), dataclasses.replace(entry, value=state)
+        )
+
+    async def _publish(self, event: dict[str, Any]) -> None:
+        if self._broadcast is None:
+            return
+        try:
+            await self._broadcast.publish(event)
+        except (RedisError, OSError) as exc:
+            self._l2_failed("publish", exc)
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.create_task(coroutine)

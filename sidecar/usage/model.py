@@ -1,13 +1,17 @@
-"""A usage report as the sidecar accepts it, validated, and as Stigg wants it."""
+"""Usage reports and raw events as the sidecar accepts them, validated, as they are spooled,
+and as Stigg wants them."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from sidecar.validation import Fields, ValidationError, check_number, iso
+
+Kind = Literal["usage", "event"]
+KINDS: tuple[Kind, ...] = ("usage", "event")
 
 UPDATE_BEHAVIORS = ("DELTA", "SET")
 MAX_DIMENSION_VALUE_LENGTH = 1000
@@ -55,6 +59,45 @@ class UsageReport:
             usage["dimensions"] = self.dimensions
         return usage
 
+    @property
+    def usage_key(self) -> tuple[str, str, str | None]:
+        """What Stigg keeps one ``currentUsage`` for; reports for one key must stay in order."""
+        return (self.customer_id, self.feature_id, self.resource_id)
+
+    def to_record(self) -> dict[str, Any]:
+        """The spooled form: the API's field names, so dead letters read like the request."""
+        record: dict[str, Any] = {
+            "customerId": self.customer_id,
+            "featureId": self.feature_id,
+            "value": self.value,
+            "updateBehavior": self.update_behavior,
+            "idempotencyKey": self.idempotency_key,
+            "keyFromClient": self.key_from_client,
+        }
+        if self.resource_id is not None:
+            record["resourceId"] = self.resource_id
+        if self.timestamp is not None:
+            record["timestamp"] = iso(self.timestamp)
+        if self.dimensions:
+            record["dimensions"] = self.dimensions
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> UsageReport:
+        """Back from ``to_record`` (already validated when it was accepted)."""
+        timestamp = record.get("timestamp")
+        return cls(
+            customer_id=record["customerId"],
+            feature_id=record["featureId"],
+            value=float(record["value"]),
+            update_behavior=record["updateBehavior"],
+            idempotency_key=record["idempotencyKey"],
+            key_from_client=bool(record["keyFromClient"]),
+            resource_id=record.get("resourceId"),
+            timestamp=_from_iso(timestamp) if timestamp else None,
+            dimensions=record.get("dimensions"),
+        )
+
 
 def parse_usage(data: Any, *, path: str = "") -> UsageReport:
     """Validate one report from JSON, raising ``ValidationError`` naming the bad field."""
@@ -100,3 +143,120 @@ def _check_dimensions(dimensions: dict[str, Any], name: str) -> None:
             check_number(f"{name}.{key}", value)  # rejects NaN and Infinity
         else:
             raise ValidationError(f"{name}.{key}", "must be a string, number or boolean")
+
+
+def parse_usage_request(data: Any, *, max_reports: int) -> tuple[list[UsageReport], bool]:
+    """One report or ``{"usages": [...]}``; the reports and whether the body was a list.
+
+    All or nothing: the first bad field anywhere fails the whole request."""
+    if isinstance(data, dict) and "usages" in data:
+        return _parse_list(data, "usages", max_reports, parse_usage), True
+    return [parse_usage(data)], False
+
+
+# --- raw events (reportEvent) ---------------------------------------------------------------
+
+_EVENT_FIELDS = (
+    "eventName",
+    "customerId",
+    "idempotencyKey",
+    "resourceId",
+    "timestamp",
+    "dimensions",
+)
+MAX_EVENT_NAME_LENGTH = 255
+
+
+@dataclass(frozen=True, slots=True)
+class EventReport:
+    """One validated raw event for Stigg's meters; ``idempotency_key`` is always set."""
+
+    event_name: str
+    customer_id: str
+    idempotency_key: str
+    key_from_client: bool
+    resource_id: str | None = None
+    timestamp: datetime | None = None
+    dimensions: dict[str, str | int | float | bool] | None = None
+
+    def to_stigg(self) -> dict[str, Any]:
+        """``UsageEventReportInput``."""
+        event: dict[str, Any] = {
+            "eventName": self.event_name,
+            "customerId": self.customer_id,
+            "idempotencyKey": self.idempotency_key,
+        }
+        if self.resource_id is not None:
+            event["resourceId"] = self.resource_id
+        if self.timestamp is not None:
+            event["timestamp"] = iso(self.timestamp)
+        if self.dimensions:
+            event["dimensions"] = self.dimensions
+        return event
+
+    def to_record(self) -> dict[str, Any]:
+        return {**self.to_stigg(), "keyFromClient": self.key_from_client}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> EventReport:
+        timestamp = record.get("timestamp")
+        return cls(
+            event_name=record["eventName"],
+            customer_id=record["customerId"],
+            idempotency_key=record["idempotencyKey"],
+            key_from_client=bool(record["keyFromClient"]),
+            resource_id=record.get("resourceId"),
+            timestamp=_from_iso(timestamp) if timestamp else None,
+            dimensions=record.get("dimensions"),
+        )
+
+
+def parse_event(data: Any, *, path: str = "") -> EventReport:
+    """Validate one raw event, raising ``ValidationError`` naming the bad field."""
+    fields = Fields(data, path=path, allowed=_EVENT_FIELDS)
+    name = fields.string("eventName", required=True, max_length=MAX_EVENT_NAME_LENGTH)
+    customer_id = fields.identifier("customerId", required=True)
+    key = fields.string("idempotencyKey", max_length=255)
+    if key is not None and not key.strip():
+        raise ValidationError(
+            f"{path}.idempotencyKey" if path else "idempotencyKey", "must not be empty"
+        )
+    dimensions = fields.object("dimensions")
+    if dimensions is not None:
+        _check_dimensions(dimensions, f"{path}.dimensions" if path else "dimensions")
+    assert name is not None
+    assert customer_id is not None
+    return EventReport(
+        event_name=name,
+        customer_id=customer_id,
+        idempotency_key=key if key is not None else f"sidecar-{uuid.uuid4()}",
+        key_from_client=key is not None,
+        resource_id=fields.identifier("resourceId"),
+        timestamp=fields.timestamp("timestamp"),
+        dimensions=dimensions,
+    )
+
+
+def parse_event_request(data: Any, *, max_reports: int) -> tuple[list[EventReport], bool]:
+    """One event or ``{"events": [...]}``; all or nothing like usage."""
+    if isinstance(data, dict) and "events" in data:
+        return _parse_list(data, "events", max_reports, parse_event), True
+    return [parse_event(data)], False
+
+
+def _parse_list(data: dict[str, Any], name: str, max_reports: int, parse: Any) -> list[Any]:
+    extra = sorted(set(data) - {name})
+    if extra:
+        raise ValidationError(extra[0], f"unknown field (a batch has only {name!r})")
+    items = data[name]
+    if not isinstance(items, list):
+        raise ValidationError(name, "must be a JSON array")
+    if not items:
+        raise ValidationError(name, "must not be empty")
+    if len(items) > max_reports:
+        raise ValidationError(name, f"must have at most {max_reports} items, got {len(items)}")
+    return [parse(item, path=f"{name}[{index}]") for index, item in enumerate(items)]
+
+
+def _from_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)

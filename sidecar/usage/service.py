@@ -1,32 +1,301 @@
-"""Usage reporting; this version sends each report to Stigg as it arrives."""
+"""Usage reporting: accept durably, answer 202, deliver in the background.
+
+``accept_usages``/``accept_events`` return once the reports are in the spool (or raise
+``UsageUnavailable``: full, store down, shutting down). One ``Flusher`` per kind sends them to
+Stigg; ``stop`` drains what the shutdown deadline allows and leaves the rest for the next start.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from sidecar.upstream import documents
+import orjson
+
+from sidecar.config import Settings, UsageSettings
 from sidecar.upstream.client import Upstream
-from sidecar.usage.model import UsageReport
+from sidecar.usage.flusher import Flusher
+from sidecar.usage.listener import UsageListener
+from sidecar.usage.model import KINDS, EventReport, Kind, UsageReport
+from sidecar.usage.spool import DeadLetter, NewReport, Spool, SpoolFull
+from sidecar.usage.sqlite_spool import SqliteSpool
+from sidecar.usage.stats import UsageStats
+
+log = logging.getLogger(__name__)
+
+MAINTENANCE_INTERVAL_SECONDS = 600.0
+
+
+class UsageUnavailable(Exception):
+    """Reports cannot be accepted right now; nothing was stored. Answered as 503."""
+
+    def __init__(self, code: str, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
 
 
 class UsageService:
-    """Reports usage with ``reportUsage``; the minted idempotency key makes retries safe."""
+    """Accepts usage reports and raw events durably; a background flusher delivers them."""
 
-    def __init__(self, upstream: Upstream) -> None:
-        self._upstream = upstream
+    def __init__(
+        self,
+        upstream: Upstream,
+        spool: Spool,
+        settings: UsageSettings,
+        *,
+        listener: UsageListener | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.spool = spool
+        self.stats = UsageStats()
+        self._listener = listener
+        self._clock = clock
+        self._accepting = False
+        self._deadline: float | None = None
+        self._maintenance: asyncio.Task[None] | None = None
+        self._cleanup: list[Callable[[], None]] = []
+        self.flushers: dict[Kind, Flusher] = {
+            kind: Flusher(
+                kind,
+                spool=spool,
+                upstream=upstream,
+                settings=settings,
+                stats=self.stats,
+                on_confirmed=listener.usage_confirmed if listener and kind == "usage" else None,
+                clock=clock,
+            )
+            for kind in KINDS
+        }
+
+    @classmethod
+    def from_settings(
+        cls, upstream: Upstream, settings: Settings, *, listener: UsageListener | None = None
+    ) -> UsageService:
+        """The spool the settings ask for: Redis with ``SIDECAR_REDIS_URL``, else SQLite."""
+        usage = settings.usage
+        spool: Spool
+        cleanup: list[Callable[[], None]] = []
+        redis_spool = None
+        if settings.redis_url is not None:
+            from sidecar.usage.redis_spool import RedisSpool
+
+            spool = redis_spool = RedisSpool(
+                settings.redis_url.reveal(),
+                prefix=usage.redis_key_prefix,
+                max_reports=usage.spool_max_reports,
+                max_bytes=usage.spool_max_bytes,
+                dedupe_window_seconds=usage.dedupe_window_seconds,
+                lease_seconds=usage.claim_idle_seconds,
+            )
+        else:
+            data_dir = settings.data_dir
+            if settings.is_local:
+                # --local is ephemeral like the emulator's state: reports spooled for one
+                # emulator must not be delivered to the next one.
+                temp = tempfile.TemporaryDirectory(prefix="stigg-sidecar-local-")
+                data_dir = Path(temp.name)
+                cleanup.append(temp.cleanup)
+            spool = SqliteSpool(
+                data_dir,
+                max_reports=usage.spool_max_reports,
+                max_bytes=usage.spool_max_bytes,
+                dedupe_window_seconds=usage.dedupe_window_seconds,
+                synchronous=usage.sqlite_synchronous,
+            )
+        service = cls(upstream, spool, usage, listener=listener)
+        service._cleanup = cleanup
+        if redis_spool is not None:
+            redis_spool.on_claimed = service._claimed
+        return service
+
+    def _claimed(self, kind: Kind, count: int) -> None:
+        self.stats.kinds[kind].claimed += count
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the spool (recovering what an earlier process left) and start flushing."""
+        await self.spool.open()
+        depth = await self.spool.depth()
+        waiting = sum(depth.reports.values())
+        if waiting:
+            log.info("usage spool (%s): %d report(s) waiting from before", self.spool.name, waiting)
+        for flusher in self.flushers.values():
+            flusher.start()
+        self._maintenance = asyncio.create_task(self._maintain(), name="usage-maintenance")
+        self._accepting = True
+
+    def stop_accepting(self) -> None:
+        """First step of shutdown: new reports get 503; the drain deadline starts now."""
+        if self._deadline is None:
+            self._deadline = time.monotonic() + self.settings.shutdown_deadline_seconds
+        self._accepting = False
+
+    async def stop(self) -> None:
+        """Flush until the deadline, leave the rest spooled, close the spool."""
+        self.stop_accepting()
+        assert self._deadline is not None
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
+        remaining = self._deadline - time.monotonic()
+        drained = await asyncio.gather(
+            *(flusher.drain(remaining) for flusher in self.flushers.values())
+        )
+        with contextlib.suppress(Exception):
+            depth = await self.spool.depth()
+            left = sum(depth.reports.values())
+            if left or not all(drained):
+                log.warning("usage: %d report(s) left in the spool for the next start", left)
+        with contextlib.suppress(Exception):
+            await self.spool.release()
+        await self.spool.close()
+        for cleanup in self._cleanup:
+            cleanup()
+
+    async def _maintain(self) -> None:
+        while True:
+            await asyncio.sleep(MAINTENANCE_INTERVAL_SECONDS)
+            try:
+                await self.spool.purge_expired_keys(self._clock())
+            except Exception:
+                log.warning("usage spool: purging expired idempotency keys failed", exc_info=True)
+
+    # --- accepting ----------------------------------------------------------------------------
+
+    async def accept_usages(self, reports: Sequence[UsageReport]) -> list[bool]:
+        """Spool ``reports`` (all or none); per report, False when it was a duplicate."""
+        stamp = datetime.fromtimestamp(self._clock(), UTC)
+        # "When it happened" defaults to acceptance, so a delivery delayed by an outage still
+        # counts in the usage period it belongs to.
+        stamped = [r if r.timestamp else dataclasses.replace(r, timestamp=stamp) for r in reports]
+        stored = await self._append("usage", [(r.to_record(), r) for r in stamped])
+        if self._listener is not None:
+            fresh = [r for r, ok in zip(stamped, stored, strict=True) if ok]
+            if fresh:
+                try:
+                    await self._listener.usage_accepted(fresh)
+                except Exception:
+                    log.exception("usage listener failed in usage_accepted")
+        return stored
+
+    async def accept_events(self, events: Sequence[EventReport]) -> list[bool]:
+        stamp = datetime.fromtimestamp(self._clock(), UTC)
+        stamped = [e if e.timestamp else dataclasses.replace(e, timestamp=stamp) for e in events]
+        return await self._append("event", [(e.to_record(), e) for e in stamped])
+
+    async def _append(
+        self, kind: Kind, items: Sequence[tuple[dict[str, Any], UsageReport | EventReport]]
+    ) -> list[bool]:
+        stats = self.stats.kinds[kind]
+        if not self._accepting:
+            raise UsageUnavailable(
+                "shutting_down", "the sidecar is shutting down; send to another replica", 1
+            )
+        new = [
+            NewReport(
+                orjson.dumps(record), report.idempotency_key if report.key_from_client else None
+            )
+            for record, report in items
+        ]
+        try:
+            stored = await self.spool.append(kind, new, self._clock())
+        except SpoolFull:
+            stats.rejected_full += len(new)
+            raise UsageUnavailable(
+                "spool_full",
+                "the usage spool is full (Stigg unreachable for long?); retry later",
+                self.settings.full_retry_after_seconds,
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - a store failure is a 503, never a lost 202
+            log.warning("usage spool (%s) cannot store reports: %s", self.spool.name, exc)
+            raise UsageUnavailable(
+                "spool_unavailable", "the usage spool cannot store reports right now", 1
+            ) from None
+        accepted = sum(stored)
+        stats.accepted += accepted
+        stats.duplicates += len(stored) - accepted
+        if accepted:
+            self.flushers[kind].notify()
+        return stored
 
     async def report(self, report: UsageReport) -> dict[str, Any]:
-        measurement = await self._upstream.execute(
-            documents.REPORT_USAGE, {"input": report.to_stigg()}
-        )
+        """One report, answered as ``POST /v1/usage`` answers it."""
+        [stored] = await self.accept_usages([report])
+        return acceptance(report, stored)
+
+    # --- dead letters and stats ---------------------------------------------------------------
+
+    async def dead_letters(
+        self, kind: Kind | None, limit: int, after: str | None
+    ) -> list[DeadLetter]:
+        return await self.spool.dead_letters(kind, limit, after)
+
+    async def replay(self, ids: Sequence[str] | None) -> int:
+        """Put dead letters back in the queue (all when ``ids`` is None); how many."""
+        replayed = await self.spool.replay(ids, self._clock())
+        for kind, count in replayed.items():
+            if count:
+                self.stats.kinds[kind].replayed += count
+                self.flushers[kind].notify()  # type: ignore[index]
+        return sum(replayed.values())
+
+    async def stats_json(self) -> dict[str, Any]:
+        """``GET /v1/usage/stats``: counters plus the spool's current depth."""
+        now = self._clock()
+        spooled: dict[str, Any]
+        try:
+            depth = await self.spool.depth()
+        except Exception as exc:  # noqa: BLE001 - stats must answer while Redis is down
+            spooled = {"error": f"{type(exc).__name__}: {exc}"}
+        else:
+            spooled = {
+                "reports": sum(depth.reports.values()),
+                "byKind": depth.reports,
+                "bytes": depth.bytes,
+                "oldestAgeSeconds": {
+                    kind: (None if at is None else max(0.0, now - at))
+                    for kind, at in depth.oldest_accepted_at.items()
+                },
+                "openBatches": depth.open_batches,
+                "deadLetters": depth.dead_letters,
+            }
         return {
-            "id": measurement.get("id"),
-            "idempotencyKey": report.idempotency_key,
-            "customerId": report.customer_id,
-            "featureId": report.feature_id,
-            "resourceId": report.resource_id,
-            "currentUsage": measurement.get("currentUsage"),
-            "usagePeriodStart": measurement.get("usagePeriodStart"),
-            "usagePeriodEnd": measurement.get("usagePeriodEnd"),
-            "timestamp": measurement.get("timestamp"),
+            "spool": self.spool.name,
+            "accepting": self._accepting,
+            "leader": self.stats.leader,
+            "authPaused": self.stats.auth_paused,
+            "spooled": spooled,
+            "usage": self.stats.usage.to_json(),
+            "events": self.stats.event.to_json(),
         }
+
+
+def acceptance(report: UsageReport | EventReport, stored: bool) -> dict[str, Any]:
+    """What the API answers for one report."""
+    answer: dict[str, Any] = {
+        "id": report.idempotency_key,
+        "idempotencyKey": report.idempotency_key,
+        "status": "accepted" if stored else "duplicate",
+    }
+    if isinstance(report, UsageReport):
+        answer["customerId"] = report.customer_id
+        answer["featureId"] = report.feature_id
+        if report.resource_id is not None:
+            answer["resourceId"] = report.resource_id
+    else:
+        answer["eventName"] = report.event_name
+        answer["customerId"] = report.customer_id
+    return answer

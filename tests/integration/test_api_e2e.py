@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -193,6 +194,26 @@ async def test_list_entitlements(sidecar: Client) -> None:
 # --- usage -------------------------------------------------------------------------------
 
 
+async def emulator_usage(emulator: EmulatorServer, customer_id: str, feature_id: str) -> float:
+    usage = await admin(
+        emulator,
+        "GET",
+        "/admin/usage",
+        params={"customerId": customer_id, "featureId": feature_id},
+    )
+    return float(usage["currentUsage"])
+
+
+async def wait_for_usage(
+    emulator: EmulatorServer, customer_id: str, feature_id: str, expected: float
+) -> None:
+    """Reports are delivered in the background: poll the emulator, for at most 10 s."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while (actual := await emulator_usage(emulator, customer_id, feature_id)) != expected:
+        assert asyncio.get_running_loop().time() < deadline, (customer_id, feature_id, actual)
+        await asyncio.sleep(0.05)
+
+
 async def test_report_usage_reaches_stigg_once_per_key(
     sidecar: Client, emulator: EmulatorServer
 ) -> None:
@@ -202,17 +223,14 @@ async def test_report_usage_reaches_stigg_once_per_key(
         "value": 5,
         "idempotencyKey": "order-42",
     }
-    first = await post_json(sidecar, "/v1/usage", report, 200)
-    assert first["currentUsage"] == 1205
-    assert first["idempotencyKey"] == "order-42"
-    await post_json(sidecar, "/v1/usage", report, 200)  # a client retry
-    usage = await admin(
-        emulator,
-        "GET",
-        "/admin/usage",
-        params={"customerId": "customer-demo", "featureId": "feature-api-calls"},
+    first = await post_json(sidecar, "/v1/usage", report, 202)
+    assert (first["id"], first["idempotencyKey"], first["status"]) == (
+        "order-42",
+        "order-42",
+        "accepted",
     )
-    assert usage["currentUsage"] == 1205
+    again = await post_json(sidecar, "/v1/usage", report, 202)  # a client retry
+    assert again["status"] == "duplicate"
     minted = await post_json(
         sidecar,
         "/v1/usage",
@@ -222,22 +240,33 @@ async def test_report_usage_reaches_stigg_once_per_key(
             "value": 7,
             "updateBehavior": "SET",
         },
-        200,
+        202,
     )
-    assert minted["currentUsage"] == 7
     assert minted["idempotencyKey"].startswith("sidecar-")
+    await wait_for_usage(emulator, "customer-demo", "feature-api-calls", 1205)
+    await wait_for_usage(emulator, "customer-demo", "feature-seats", 7)
+    counters = await admin(emulator, "GET", "/admin/counters")
+    assert counters["usagesApplied"] == 2
+    assert set(counters["calls"]) == {"reportUsageBulk"}
 
 
-async def test_report_usage_for_unknown_customer_is_404(sidecar: Client) -> None:
-    error = error_of(
-        await post_json(
-            sidecar,
-            "/v1/usage",
-            {"customerId": "ghost", "featureId": "feature-api-calls", "value": 1},
-            404,
-        )
+async def test_report_usage_for_unknown_customer_is_dead_lettered(sidecar: Client) -> None:
+    accepted = await post_json(
+        sidecar,
+        "/v1/usage",
+        {"customerId": "ghost", "featureId": "feature-api-calls", "value": 1},
+        202,
     )
-    assert error["stiggCode"] == "CustomerNotFound"
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        letters = (await get_json(sidecar, "/v1/usage/dead-letters"))["deadLetters"]
+        if letters:
+            break
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.05)
+    [letter] = letters
+    assert letter["code"] == "CustomerNotFound"
+    assert letter["report"]["idempotencyKey"] == accepted["idempotencyKey"]
 
 
 # --- bad input ---------------------------------------------------------------------------

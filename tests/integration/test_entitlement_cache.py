@@ -320,3 +320,70 @@ async def test_sidecar_starts_and_falls_back_without_any_upstream(
         )
     finally:
         await client.close()
+
+
+# --- optimistic usage ----------------------------------------------------------------------
+
+FREE_CALLS = "/v1/entitlements?customerId=customer-free&featureId=feature-api-calls"
+
+
+async def hold_deliveries(emulator: EmulatorServer) -> None:
+    """Stigg accepts no usage for now: only the optimistic count can explain what checks see."""
+    async with httpx.AsyncClient(base_url=emulator.base_url) as http:
+        response = await http.post(
+            "/admin/faults", json={"hang": True, "operations": ["reportUsageBulk"]}
+        )
+        response.raise_for_status()
+
+
+async def release_deliveries(emulator: EmulatorServer) -> None:
+    async with httpx.AsyncClient(base_url=emulator.base_url) as http:
+        await http.delete("/admin/faults")
+
+
+async def test_check_work_report_check_denies_at_the_limit_before_any_flush(
+    sidecar: Client, emulator: EmulatorServer
+) -> None:
+    await hold_deliveries(emulator)
+    try:
+        first = await check(sidecar, FREE_CALLS)
+        assert (first["hasAccess"], first["currentUsage"]) == (True, 999)  # one call left
+        response = await sidecar.post(
+            "/v1/usage",
+            json={"customerId": "customer-free", "featureId": "feature-api-calls", "value": 1},
+        )
+        assert response.status == 202
+        second = await check(sidecar, FREE_CALLS)
+        assert (second["hasAccess"], second["currentUsage"]) == (False, 1000)
+        assert emulator.state.current_usage("customer-free", "feature-api-calls", None) == 999
+    finally:
+        await release_deliveries(emulator)
+
+
+async def test_optimistic_usage_reaches_the_other_replica(
+    emulator: EmulatorServer, redis_server: str
+) -> None:
+    settings = redis_settings(emulator, redis_server, uuid.uuid4().hex)
+    a, b = await start_sidecar(settings), await start_sidecar(settings)
+    await hold_deliveries(emulator)
+    try:
+        from sidecar.app import BROADCAST
+
+        for replica in (a, b):
+            await eventually(lambda r=replica: r.app[BROADCAST].connected.is_set())
+        assert (await check(b, FREE_CALLS))["currentUsage"] == 999  # cached in B
+        response = await a.post(
+            "/v1/usage",
+            json={"customerId": "customer-free", "featureId": "feature-api-calls", "value": 1},
+        )
+        assert response.status == 202
+
+        async def b_sees_it() -> bool:
+            return (await check(b, FREE_CALLS))["currentUsage"] == 1000
+
+        await eventually(b_sees_it, timeout=2)
+        assert (await check(b, FREE_CALLS))["hasAccess"] is False
+    finally:
+        await release_deliveries(emulator)
+        await a.close()
+        await b.close()

@@ -173,7 +173,7 @@ def test_entrypoint_stops_cleanly_on_sigterm(image: Image, tmp_path: Path) -> No
     process = subprocess.Popen(
         [*exec_form(entrypoint), "--local", "--port", str(port)],
         cwd=tmp_path,
-        env=image.env,
+        env=dict(image.env, SIDECAR_MCP_PORT=str(free_port())),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

@@ -17,6 +17,7 @@ from sidecar.entitlements.model import CheckRequest, EntitlementsState
 from sidecar.entitlements.service import EntitlementService
 from sidecar.upstream.documents import Operation
 from sidecar.upstream.errors import UpstreamRateLimited, UpstreamUnavailable
+from sidecar.usage.model import UsageReport
 from tests.cache_suite import FakeClock
 
 
@@ -328,3 +329,45 @@ async def test_once_stigg_missed_a_deadline_stale_answers_do_not_wait(
     upstream.gate.set()  # Stigg answers: the background fetches refresh both entries
     await asyncio.sleep(0.01)
     assert (await svc.check(CheckRequest("c2", "calls")))["source"] == "cache"
+
+
+def report(value: float, behavior: str = "DELTA", feature: str = "calls") -> UsageReport:
+    return UsageReport(
+        customer_id="c1",
+        feature_id=feature,
+        value=value,
+        update_behavior=behavior,
+        idempotency_key=f"k-{value}-{behavior}",
+        key_from_client=False,
+    )
+
+
+async def test_accepted_usage_counts_at_once(upstream: FakeUpstream, clock: FakeClock) -> None:
+    svc = service(upstream, clock)
+    assert (await svc.check(CALLS))["currentUsage"] == 3
+    await svc.usage_accepted([report(6)])
+    assert (await svc.check(CALLS))["currentUsage"] == 9
+    await svc.usage_accepted([report(1)])  # 10 of 10: the next check is denied
+    denied = await svc.check(CALLS)
+    assert (denied["hasAccess"], denied["accessDeniedReason"]) == (
+        False,
+        "RequestedUsageExceedingLimit",
+    )
+    await svc.usage_accepted([report(2, "SET")])
+    assert (await svc.check(CALLS))["currentUsage"] == 2
+    await svc.usage_accepted([report(5, feature="sso")])  # not metered: nothing to count
+    assert upstream.calls == 1
+
+
+async def test_confirmed_usage_reconciles_without_losing_later_reports(
+    upstream: FakeUpstream, clock: FakeClock
+) -> None:
+    svc = service(upstream, clock)
+    await svc.check(CALLS)
+    await svc.usage_accepted([report(2), report(3)])  # 8 counted here
+    # Stigg confirms the first batch (3 + 2 = 5) while the second report is not sent yet.
+    await svc.usage_confirmed([{"customerId": "c1", "featureId": "calls", "currentUsage": 5}])
+    assert (await svc.check(CALLS))["currentUsage"] == 8
+    # Stigg knows more than we do (another replica reported): its figure wins.
+    await svc.usage_confirmed([{"customerId": "c1", "featureId": "calls", "currentUsage": 9}])
+    assert (await svc.check(CALLS))["currentUsage"] == 9

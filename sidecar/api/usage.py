@@ -1,0 +1,116 @@
+"""Usage routes: ``POST /v1/usage``, ``POST /v1/events`` (202 once durably spooled), the dead
+letters and the pipeline's stats."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from sidecar.api.errors import error_response
+from sidecar.api.http import SERVICES, json_response, read_json
+from sidecar.usage.model import KINDS, Kind, parse_event_request, parse_usage_request
+from sidecar.usage.service import UsageService, UsageUnavailable, acceptance
+from sidecar.validation import Fields, ValidationError, parse_number
+
+MAX_DEAD_LETTERS_PAGE = 1000
+MAX_REPLAY_IDS = 10_000
+
+
+def _usage(request: web.Request) -> UsageService:
+    return request.app[SERVICES].usage
+
+
+def _unavailable(exc: UsageUnavailable) -> web.Response:
+    return error_response(503, exc.code, exc.message, headers={"Retry-After": str(exc.retry_after)})
+
+
+def _answer(items: list[dict[str, Any]], batch: bool, name: str) -> web.Response:
+    if not batch:
+        return json_response(items[0], status=202)
+    accepted = sum(1 for item in items if item["status"] == "accepted")
+    return json_response(
+        {"accepted": accepted, "duplicates": len(items) - accepted, name: items}, status=202
+    )
+
+
+async def report_usage(request: web.Request) -> web.Response:
+    service = _usage(request)
+    reports, batch = parse_usage_request(
+        await read_json(request), max_reports=service.settings.max_reports_per_request
+    )
+    try:
+        stored = await service.accept_usages(reports)
+    except UsageUnavailable as exc:
+        return _unavailable(exc)
+    items = [acceptance(r, ok) for r, ok in zip(reports, stored, strict=True)]
+    return _answer(items, batch, "usages")
+
+
+async def report_events(request: web.Request) -> web.Response:
+    service = _usage(request)
+    events, batch = parse_event_request(
+        await read_json(request), max_reports=service.settings.max_reports_per_request
+    )
+    try:
+        stored = await service.accept_events(events)
+    except UsageUnavailable as exc:
+        return _unavailable(exc)
+    items = [acceptance(e, ok) for e, ok in zip(events, stored, strict=True)]
+    return _answer(items, batch, "events")
+
+
+async def list_dead_letters(request: web.Request) -> web.Response:
+    for key in request.query:
+        if key not in ("kind", "limit", "after"):
+            raise ValidationError(key, "unknown query parameter")
+    kind_text = request.query.get("kind")
+    kind: Kind | None = None
+    if kind_text:
+        if kind_text not in KINDS:
+            raise ValidationError("kind", f"must be one of {', '.join(KINDS)}")
+        kind = "usage" if kind_text == "usage" else "event"
+    limit = 100
+    if request.query.get("limit"):
+        limit = int(parse_number("limit", request.query["limit"], minimum=1))
+        limit = min(limit, MAX_DEAD_LETTERS_PAGE)
+    after = request.query.get("after") or None
+    letters = await _usage(request).dead_letters(kind, limit, after)
+    return json_response(
+        {
+            "deadLetters": [letter.to_json() for letter in letters],
+            "next": letters[-1].id if len(letters) == limit else None,
+        }
+    )
+
+
+async def replay_dead_letters(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    replay_all = Fields(body, allowed=("ids", "all")).boolean("all")
+    ids = body.get("ids")
+    if replay_all and ids is not None:
+        raise ValidationError("ids", "give either ids or all, not both")
+    if not replay_all:
+        if not isinstance(ids, list) or not ids:
+            raise ValidationError("ids", "must be a non-empty array of dead-letter ids")
+        if len(ids) > MAX_REPLAY_IDS:
+            raise ValidationError("ids", f"must have at most {MAX_REPLAY_IDS} items")
+        for index, value in enumerate(ids):
+            if not isinstance(value, str) or not value or len(value) > 64:
+                raise ValidationError(f"ids[{index}]", "must be a dead-letter id")
+    replayed = await _usage(request).replay(None if replay_all else ids)
+    return json_response({"replayed": replayed}, status=202)
+
+
+async def usage_stats(request: web.Request) -> web.Response:
+    return json_response(await _usage(request).stats_json())
+
+
+def usage_routes() -> list[web.RouteDef]:
+    return [
+        web.post("/v1/usage", report_usage),
+        web.post("/v1/events", report_events),
+        web.get("/v1/usage/dead-letters", list_dead_letters, allow_head=False),
+        web.post("/v1/usage/dead-letters", replay_dead_letters),
+        web.get("/v1/usage/stats", usage_stats, allow_head=False),
+    ]

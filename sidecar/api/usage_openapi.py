@@ -1,0 +1,296 @@
+"""The OpenAPI description of the usage routes (merged into ``openapi.py``'s document)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+JSON = "application/json"
+_ID = {"type": "string", "maxLength": 255, "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.:@+\-]*$"}
+_DATE_TIME = {"type": "string", "format": "date-time"}
+_DIMENSIONS = {
+    "type": "object",
+    "maxProperties": 50,
+    "additionalProperties": {"type": ["string", "number", "boolean"]},
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {JSON: {"schema": _ref("Error")}},
+    }
+    if retry_after:
+        response["headers"] = {
+            "Retry-After": {
+                "description": "Seconds to wait before sending again.",
+                "schema": {"type": "integer"},
+            }
+        }
+    return response
+
+
+_NOT_STORED = _error(
+    "Not stored: the spool is full (`spool_full`), its store is unreachable"
+    " (`spool_unavailable`) or the sidecar is shutting down (`shutting_down`). Nothing of the"
+    " request was kept; send it again after `Retry-After` seconds.",
+    retry_after=True,
+)
+_BAD = _error("Invalid input; `error.field` names the offending field (e.g. `usages[3].value`).")
+_TOO_LARGE = _error("Request body larger than the configured limit.")
+
+
+def _accepted(schema: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": _ref(schema)}}}
+
+
+USAGE_SCHEMAS: dict[str, Any] = {
+    "UsageReport": {
+        "type": "object",
+        "required": ["customerId", "featureId", "value"],
+        "additionalProperties": False,
+        "properties": {
+            "customerId": _ID,
+            "featureId": _ID,
+            "value": {"type": "number", "description": "Finite; added (DELTA) or set (SET)."},
+            "resourceId": _ID,
+            "updateBehavior": {"type": "string", "enum": ["DELTA", "SET"], "default": "DELTA"},
+            "idempotencyKey": {
+                "type": "string",
+                "maxLength": 255,
+                "description": "Repeat it to retry safely (remembered for 24 h); minted by the"
+                " sidecar (`sidecar-<uuid>`) when absent.",
+            },
+            "timestamp": {
+                **_DATE_TIME,
+                "description": "When the usage happened; not in the future. Default: when the"
+                " sidecar accepted it.",
+            },
+            "dimensions": _DIMENSIONS,
+        },
+    },
+    "UsageReportBatch": {
+        "type": "object",
+        "required": ["usages"],
+        "additionalProperties": False,
+        "properties": {
+            "usages": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 1000,
+                "items": _ref("UsageReport"),
+            }
+        },
+    },
+    "Acceptance": {
+        "type": "object",
+        "required": ["id", "idempotencyKey", "status"],
+        "properties": {
+            "id": {"type": "string", "description": "The report's id: its idempotency key."},
+            "idempotencyKey": {"type": "string"},
+            "status": {
+                "type": "string",
+                "enum": ["accepted", "duplicate"],
+                "description": "`duplicate`: the key was already accepted; not counted again.",
+            },
+            "customerId": {"type": "string"},
+            "featureId": {"type": "string"},
+            "resourceId": {"type": "string"},
+            "eventName": {"type": "string"},
+        },
+    },
+    "BatchAcceptance": {
+        "type": "object",
+        "properties": {
+            "accepted": {"type": "integer"},
+            "duplicates": {"type": "integer"},
+            "usages": {"type": "array", "items": _ref("Acceptance")},
+            "events": {"type": "array", "items": _ref("Acceptance")},
+        },
+    },
+    "Event": {
+        "type": "object",
+        "required": ["eventName", "customerId"],
+        "additionalProperties": False,
+        "properties": {
+            "eventName": {"type": "string", "minLength": 1, "maxLength": 255},
+            "customerId": _ID,
+            "idempotencyKey": {
+                "type": "string",
+                "maxLength": 255,
+                "description": "Minted by the sidecar when absent.",
+            },
+            "resourceId": _ID,
+            "timestamp": _DATE_TIME,
+            "dimensions": _DIMENSIONS,
+        },
+    },
+    "EventBatch": {
+        "type": "object",
+        "required": ["events"],
+        "additionalProperties": False,
+        "properties": {
+            "events": {"type": "array", "minItems": 1, "maxItems": 1000, "items": _ref("Event")}
+        },
+    },
+    "DeadLetter": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "kind": {"type": "string", "enum": ["usage", "event"]},
+            "report": {"type": "object", "additionalProperties": True},
+            "reason": {"type": "string", "description": "Stigg's error message."},
+            "code": {"type": "string", "description": "Stigg's error code."},
+            "acceptedAt": {"type": "number", "description": "Unix time."},
+            "failedAt": {"type": "number", "description": "Unix time."},
+        },
+    },
+    "DeadLetterList": {
+        "type": "object",
+        "properties": {
+            "deadLetters": {"type": "array", "items": _ref("DeadLetter")},
+            "next": _nullable({"type": "string", "description": "Pass as `after` for more."}),
+        },
+    },
+    "DeadLetterReplay": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "ids": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+            "all": {"type": "boolean"},
+        },
+    },
+    "DeadLetterReplayResult": {
+        "type": "object",
+        "properties": {"replayed": {"type": "integer"}},
+    },
+    "UsageStats": {
+        "type": "object",
+        "description": "Counters (monotonic) and the spool's current depth.",
+        "additionalProperties": True,
+        "properties": {
+            "spool": {"type": "string", "enum": ["sqlite", "redis"]},
+            "accepting": {"type": "boolean"},
+            "leader": {"type": "boolean"},
+            "authPaused": {"type": "boolean"},
+            "spooled": {"type": "object", "additionalProperties": True},
+            "usage": {"type": "object", "additionalProperties": True},
+            "events": {"type": "object", "additionalProperties": True},
+        },
+    },
+}
+
+
+def usage_paths() -> dict[str, Any]:
+    return {
+        "/v1/usage": {
+            "post": {
+                "operationId": "reportUsage",
+                "summary": "Report usage (one or up to 1,000 reports); 202 once durably spooled.",
+                "description": "Delivered to Stigg in the background (`reportUsageBulk`, at most"
+                " 100 usages a call, rate limited). All or nothing: one invalid report and none"
+                " is stored.",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        JSON: {"schema": {"oneOf": [_ref("UsageReport"), _ref("UsageReportBatch")]}}
+                    },
+                },
+                "responses": {
+                    "202": {
+                        "description": "Stored: `Acceptance` for one report, `BatchAcceptance`"
+                        " for a batch.",
+                        "content": {
+                            JSON: {
+                                "schema": {"oneOf": [_ref("Acceptance"), _ref("BatchAcceptance")]}
+                            }
+                        },
+                    },
+                    "400": _BAD,
+                    "413": _TOO_LARGE,
+                    "503": _NOT_STORED,
+                },
+            }
+        },
+        "/v1/events": {
+            "post": {
+                "operationId": "reportEvents",
+                "summary": "Report raw events for Stigg's meters (`reportEvent`).",
+                "requestBody": {
+                    "required": True,
+                    "content": {JSON: {"schema": {"oneOf": [_ref("Event"), _ref("EventBatch")]}}},
+                },
+                "responses": {
+                    "202": {
+                        "description": "Stored.",
+                        "content": {
+                            JSON: {
+                                "schema": {"oneOf": [_ref("Acceptance"), _ref("BatchAcceptance")]}
+                            }
+                        },
+                    },
+                    "400": _BAD,
+                    "413": _TOO_LARGE,
+                    "503": _NOT_STORED,
+                },
+            }
+        },
+        "/v1/usage/dead-letters": {
+            "get": {
+                "operationId": "listDeadLetters",
+                "summary": "Reports Stigg rejected as invalid, oldest first.",
+                "parameters": [
+                    {
+                        "name": "kind",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "enum": ["usage", "event"]},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    },
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "required": False,
+                        "description": "The `next` of the previous page.",
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": {
+                    "200": _accepted("DeadLetterList", "OK"),
+                    "400": _BAD,
+                },
+            },
+            "post": {
+                "operationId": "replayDeadLetters",
+                "summary": "Send dead letters again (after fixing what Stigg rejected).",
+                "requestBody": {
+                    "required": True,
+                    "content": {JSON: {"schema": _ref("DeadLetterReplay")}},
+                },
+                "responses": {
+                    "202": _accepted("DeadLetterReplayResult", "Back in the queue."),
+                    "400": _BAD,
+                    "413": _TOO_LARGE,
+                },
+            },
+        },
+        "/v1/usage/stats": {
+            "get": {
+                "operationId": "usageStats",
+                "summary": "The usage pipeline's counters and spool depth.",
+                "responses": {"200": _accepted("UsageStats", "OK")},
+            }
+        },
+    }

@@ -1,0 +1,415 @@
+"""The background flusher: spooled reports to Stigg in rate-limited batches, none lost, none
+counted twice.
+
+One task per kind of report per process. It only sends while the spool says it may (always
+with SQLite; while holding the flush lease with Redis), one call at a time, in acceptance
+order, so reports for one usage key are applied in the order they were accepted.
+
+Failures, by kind:
+
+- unreachable, 5xx, timeout, unparseable answer: full-jitter exponential backoff, then the
+  *same* batch again (same keys: Stigg counts a repeated key once);
+- 429: the token bucket is emptied for a jittered, growing while (Stigg sends no Retry-After);
+- 401/403: flushing pauses (one log line per pause), reports are kept, retried slowly;
+- Stigg rejects the batch as invalid: it is split in halves until the rejected usage is alone,
+  and only that one goes to the dead letters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from sidecar.config import UsageSettings
+from sidecar.upstream import documents
+from sidecar.upstream.client import Upstream
+from sidecar.upstream.errors import (
+    StiggError,
+    UpstreamAuthError,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from sidecar.usage.batching import Pending, build_event_batch, build_usage_batch
+from sidecar.usage.model import Kind
+from sidecar.usage.rate_limit import TokenBucket, full_jitter
+from sidecar.usage.spool import Batch, Spool, new_batch_id
+from sidecar.usage.stats import UsageStats
+
+log = logging.getLogger(__name__)
+
+# Stigg codes that mean "this usage is wrong", as opposed to a failure worth retrying.
+REJECTION_CODES = frozenset(
+    {
+        "BadUserInput",
+        "BAD_USER_INPUT",
+        "InvalidArgumentError",
+        "GRAPHQL_VALIDATION_FAILED",
+        "CustomerNotFound",
+        "FeatureNotFound",
+        "CustomerResourceNotFound",
+        "MeteringNotAvailableForFeatureType",
+        "NoActiveSubscriptionForCustomer",
+    }
+)
+
+
+def _never(_: Mapping[str, Any]) -> bool:
+    return False
+
+
+# The flusher owns retries (behind its token bucket), so the client must not add its own calls.
+REPORT_USAGE_BULK = dataclasses.replace(documents.REPORT_USAGE_BULK, retry_safe=_never)
+REPORT_EVENT = dataclasses.replace(documents.REPORT_EVENT, retry_safe=_never)
+
+
+class ConfirmedListener(Protocol):
+    def __call__(self, measurements: Sequence[Mapping[str, Any]]) -> Awaitable[None]: ...
+
+
+class _LostLease(Exception):
+    """Another replica took over flushing; forget what this one had in hand."""
+
+
+def is_rejection(exc: StiggError) -> bool:
+    return exc.is_validation_error or exc.stigg_code in REJECTION_CODES
+
+
+class Flusher:
+    """Sends one kind of spooled report to Stigg until stopped."""
+
+    def __init__(
+        self,
+        kind: Kind,
+        *,
+        spool: Spool,
+        upstream: Upstream,
+        settings: UsageSettings,
+        stats: UsageStats,
+        on_confirmed: ConfirmedListener | None = None,
+        bucket: TokenBucket | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: Callable[[float, float], float] = random.uniform,
+    ) -> None:
+        self.kind = kind
+        self._spool = spool
+        self._upstream = upstream
+        self._settings = settings
+        self._stats = stats
+        self._kind_stats = stats.kinds[kind]
+        self._on_confirmed = on_confirmed
+        per_minute = (
+            settings.calls_per_minute if kind == "usage" else settings.event_calls_per_minute
+        )
+        self._bucket = bucket or TokenBucket(per_minute)
+        self._clock = clock
+        self._rng = rng
+        self._max_items = (
+            settings.max_batch_size if kind == "usage" else settings.max_event_batch_size
+        )
+        self._fetch_limit = max(settings.max_reports_per_batch, self._max_items)
+        self._buffer: list[Pending] = []
+        self._wake = asyncio.Event()
+        self._draining = False
+        self._resumed = False
+        self._restart_fetch = True
+        self._next_full_check = 0
+        self._task: asyncio.Task[None] | None = None
+
+    # --- control ------------------------------------------------------------------------------
+
+    def notify(self) -> None:
+        """New reports were appended in this process."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name=f"usage-flusher-{self.kind}")
+
+    async def drain(self, seconds: float) -> bool:
+        """Flush everything now (partial batches too) for at most ``seconds``; True
+        when nothing was left. What is not sent stays spooled for the next start."""
+        task = self._task
+        if task is None:
+            return True
+        self._draining = True
+        self._wake.set()
+        try:
+            await asyncio.wait_for(task, timeout=max(0.0, seconds))
+        except TimeoutError:
+            log.warning(
+                "usage flusher (%s): shutdown deadline reached; unsent reports stay spooled",
+                self.kind,
+            )
+            return False
+        except Exception:  # noqa: BLE001 - run() logs its own failures
+            return False
+        return True
+
+    async def cancel(self) -> None:
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                if await self._step():
+                    return
+                failures = 0
+            except _LostLease:
+                log.info("usage flusher (%s): another replica took over flushing", self.kind)
+                self._reset()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a spool failure must not end flushing
+                failures += 1
+                self._kind_stats.flush_failures["spool"] += 1
+                if failures == 1 or failures & (failures - 1) == 0:
+                    log.warning(
+                        "usage flusher (%s): spool failure (%s: %s); retrying",
+                        self.kind,
+                        type(exc).__name__,
+                        exc,
+                    )
+                # What is in memory may no longer match the store: start again from it.
+                self._reset()
+                await self._wait(self._backoff(failures))
+
+    def _reset(self) -> None:
+        self._buffer.clear()
+        self._resumed = False
+        self._restart_fetch = True
+        self._next_full_check = 0
+
+    async def _wait(self, seconds: float | None, *, poll: bool = True) -> None:
+        poll_interval = self._spool.poll_interval if poll else None
+        if poll_interval is not None:
+            seconds = poll_interval if seconds is None else min(seconds, poll_interval)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+        self._wake.clear()
+
+    async def _step(self) -> bool:
+        """One turn; True when draining and nothing is left."""
+        if not await self._spool.acquire():
+            if self.kind == "usage":
+                self._stats.leader = False
+            self._reset()
+            if self._draining:
+                return True
+            # Standing by: try for the lease a few times per lease period, not at poll rate.
+            await self._wait(self._settings.claim_idle_seconds / 3, poll=False)
+            return False
+        if self.kind == "usage":
+            self._stats.leader = True
+        if not self._resumed:
+            for batch in await self._spool.open_batches(self.kind):
+                await self._deliver(batch)
+            self._buffer.clear()
+            self._restart_fetch = True
+            self._resumed = True
+        room = self._fetch_limit - len(self._buffer)
+        if room > 0:
+            entries = await self._spool.fetch(self.kind, room, restart=self._restart_fetch)
+            self._restart_fetch = False
+            self._buffer.extend(Pending.decode(entry) for entry in entries)
+        if not self._buffer:
+            if self._draining:
+                return True
+            await self._wait(None if self._spool.poll_interval is not None else 60.0)
+            return False
+        ready = self._ready()
+        if isinstance(ready, float):
+            await self._wait(ready)
+            return False
+        batch, used = ready
+        if not await self._spool.record_batch(batch):
+            raise _LostLease
+        del self._buffer[:used]
+        self._next_full_check = 0
+        await self._deliver(batch)
+        return False
+
+    def _build(self) -> tuple[Batch, int]:
+        if self.kind == "usage":
+            return build_usage_batch(
+                self._buffer,
+                new_batch_id(),
+                max_items=self._max_items,
+                max_reports=self._settings.max_reports_per_batch,
+                coalesce=self._settings.coalesce,
+                window_seconds=self._settings.coalesce_window_seconds,
+            )
+        return build_event_batch(self._buffer, new_batch_id(), max_items=self._max_items)
+
+    def _ready(self) -> tuple[Batch, int] | float:
+        """The batch to send now, or how long to wait for it to fill up."""
+        buffered = len(self._buffer)
+        if self._draining or buffered >= self._settings.max_reports_per_batch:
+            return self._build()
+        if buffered >= self._next_full_check:
+            batch, used = self._build()
+            if len(batch.items) >= self._max_items or used < buffered:
+                return batch, used
+            # Each report adds at most one usage: it cannot be full before this many more.
+            self._next_full_check = buffered + self._max_items - len(batch.items)
+        age = self._clock() - self._buffer[0].entry.accepted_at
+        wait = self._settings.flush_interval_seconds - age
+        if wait <= 0:
+            return self._build()
+        return wait
+
+    # --- sending ------------------------------------------------------------------------------
+
+    async def _deliver(self, batch: Batch) -> None:
+        """Send ``batch`` until Stigg has all of it or has rejected the bad items."""
+        queue = deque([batch])
+        while queue:
+            current = queue.popleft()
+            rejection = await self._send(current)
+            if rejection is None:
+                continue
+            if len(current.items) == 1:
+                moved = await self._spool.dead_letter(
+                    current, rejection.message, rejection.stigg_code, self._clock()
+                )
+                self._kind_stats.dead_lettered += moved
+                log.warning(
+                    "usage flusher (%s): Stigg rejected a %s (%s: %s); %d report(s) moved to"
+                    " the dead letters (GET /v1/usage/dead-letters)",
+                    self.kind,
+                    self.kind,
+                    rejection.stigg_code,
+                    rejection.message,
+                    moved,
+                )
+                continue
+            parts = current.split()
+            if not await self._spool.split_batch(current, parts):
+                raise _LostLease
+            queue.extendleft(reversed(parts))
+
+    def _variables(self, batch: Batch) -> dict[str, Any]:
+        items = [item.payload for item in batch.items]
+        if self.kind == "usage":
+            return {"input": {"usages": items}}
+        return {"input": {"usageEvents": items}}
+
+    def _backoff(self, attempt: int) -> float:
+        return full_jitter(
+            attempt,
+            self._settings.retry_backoff_seconds,
+            self._settings.retry_backoff_max_seconds,
+            self._rng,
+        )
+
+    async def _send(self, batch: Batch) -> StiggError | None:
+        """Deliver ``batch`` once; None when acknowledged, the error when rejected as invalid."""
+        operation = REPORT_USAGE_BULK if self.kind == "usage" else REPORT_EVENT
+        variables = self._variables(batch)
+        attempt = 0
+        while True:
+            await self._bucket.acquire()
+            self._kind_stats.upstream_calls += 1
+            try:
+                result = await self._upstream.execute(operation, variables)
+            except UpstreamAuthError:
+                self._fail("auth")
+                if not self._stats.auth_paused:
+                    self._stats.auth_paused = True
+                    log.error(  # noqa: TRY400 - an operator problem, not a traceback
+                        "Stigg rejected the sidecar's API key: usage flushing is paused and"
+                        " reports are kept; retrying every %.0f s (check STIGG_API_KEY)",
+                        self._settings.auth_retry_seconds,
+                    )
+                await asyncio.sleep(self._settings.auth_retry_seconds)
+                continue
+            except StiggError as exc:
+                if is_rejection(exc):
+                    self._fail("rejected")
+                    return exc
+                self._fail("stigg_error", exc)
+            except UpstreamRateLimited:
+                self._fail("rate_limited")
+                attempt += 1
+                # No Retry-After from Stigg: the bucket stays empty for a growing, jittered time.
+                self._bucket.penalize(
+                    full_jitter(
+                        attempt,
+                        max(1.0, self._settings.retry_backoff_seconds),
+                        max(1.0, self._settings.retry_backoff_max_seconds),
+                        self._rng,
+                    )
+                )
+                continue
+            except UpstreamTimeout as exc:
+                self._fail("timeout", exc)
+            except UpstreamUnavailable as exc:
+                self._fail("unavailable", exc)
+            except UpstreamError as exc:
+                self._fail("bad_response", exc)
+            else:
+                if self._stats.auth_paused:
+                    self._stats.auth_paused = False
+                    log.info("Stigg accepts the API key again: usage flushing resumed")
+                await self._acknowledge(batch, result)
+                return None
+            attempt += 1
+            await asyncio.sleep(self._backoff(attempt))
+
+    def _fail(self, kind: str, exc: UpstreamError | None = None) -> None:
+        self._kind_stats.flush_failures[kind] += 1
+        count = self._kind_stats.flush_failures[kind]
+        if exc is not None and (count == 1 or count & (count - 1) == 0):
+            log.warning(
+                "usage flusher (%s): Stigg call failed (%s: %s, %d so far); reports kept,"
+                " retrying with backoff",
+                self.kind,
+                kind,
+                exc.message,
+                count,
+            )
+
+    async def _acknowledge(self, batch: Batch, result: Any) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self._spool.ack_batch(batch)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Stigg has it; a resend would be deduplicated
+                attempt += 1
+                self._kind_stats.flush_failures["spool"] += 1
+                if attempt == 1:
+                    log.warning(
+                        "usage flusher (%s): cannot acknowledge a batch (%s)", self.kind, exc
+                    )
+                await asyncio.sleep(self._backoff(attempt))
+        now = self._clock()
+        stats = self._kind_stats
+        stats.batches += 1
+        stats.items_sent += len(batch.items)
+        stats.batch_sizes.observe(len(batch.items))
+        for item in batch.items:
+            for _, accepted_at in item.sources:
+                stats.delivered += 1
+                stats.delivery_seconds.observe(max(0.0, now - accepted_at))
+        if self._on_confirmed is not None and isinstance(result, list):
+            try:
+                await self._on_confirmed(result)
+            except Exception:
+                log.exception("usage listener failed in usage_confirmed")

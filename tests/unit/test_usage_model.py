@@ -1,0 +1,96 @@
+"""Parsing usage and event requests: one or many, all or nothing, errors naming the field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from sidecar.usage.model import (
+    EventReport,
+    UsageReport,
+    parse_event_request,
+    parse_usage_request,
+)
+from sidecar.validation import ValidationError
+
+GOOD = {"customerId": "c", "featureId": "f", "value": 1}
+
+
+def test_one_report_or_a_batch() -> None:
+    [one], batch = parse_usage_request(GOOD, max_reports=10)
+    assert not batch
+    assert one.idempotency_key.startswith("sidecar-")
+    assert not one.key_from_client
+    reports, batch = parse_usage_request(
+        {"usages": [GOOD, {**GOOD, "idempotencyKey": "k", "updateBehavior": "SET"}]},
+        max_reports=10,
+    )
+    assert batch
+    assert [(r.update_behavior, r.key_from_client) for r in reports] == [
+        ("DELTA", False),
+        ("SET", True),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"usages": []}, "usages"),
+        ({"usages": {}}, "usages"),
+        ({"usages": [GOOD] * 11}, "usages"),
+        ({"usages": [GOOD], "extra": 1}, "extra"),
+        ({"usages": [GOOD, GOOD, GOOD, {**GOOD, "value": "1"}]}, "usages[3].value"),
+        ({"usages": [GOOD, 7]}, "usages[1]"),
+        ({"usages": [{**GOOD, "updateBehavior": "INCREMENT"}]}, "usages[0].updateBehavior"),
+        ({"usages": [{**GOOD, "idempotencyKey": " "}]}, "usages[0].idempotencyKey"),
+        ({"usages": [{**GOOD, "idempotencyKey": "k" * 256}]}, "usages[0].idempotencyKey"),
+        ({"usages": [{**GOOD, "timestamp": "2999-01-01T00:00:00Z"}]}, "usages[0].timestamp"),
+        ({"usages": [{**GOOD, "dimensions": {"d": {"x": 1}}}]}, "usages[0].dimensions.d"),
+        ({"usages": [{**GOOD, "customerId": "a b"}]}, "usages[0].customerId"),
+    ],
+)
+def test_bad_batches_name_the_field(body: Any, field: str) -> None:
+    with pytest.raises(ValidationError) as error:
+        parse_usage_request(body, max_reports=10)
+    assert error.value.field == field
+
+
+def test_records_round_trip() -> None:
+    [report], _ = parse_usage_request(
+        {
+            **GOOD,
+            "resourceId": "r",
+            "timestamp": "2026-01-01T00:00:00Z",
+            "dimensions": {"region": "eu", "n": 2, "ok": True},
+        },
+        max_reports=1,
+    )
+    assert UsageReport.from_record(report.to_record()) == report
+    assert report.to_stigg()["createdAt"] == "2026-01-01T00:00:00Z"
+    [event], _ = parse_event_request(
+        {"eventName": "upload", "customerId": "c", "timestamp": "2026-01-01T00:00:00Z"},
+        max_reports=1,
+    )
+    assert EventReport.from_record(event.to_record()) == event
+    assert event.to_stigg()["timestamp"] == "2026-01-01T00:00:00Z"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"customerId": "c"}, "eventName"),
+        ({"eventName": "", "customerId": "c"}, "eventName"),
+        ({"eventName": "e"}, "customerId"),
+        ({"eventName": "e", "customerId": "c", "value": 1}, "value"),
+        (
+            {"events": [{"eventName": "e", "customerId": "c", "timestamp": "soon"}]},
+            "events[0].timestamp",
+        ),
+        ({"events": [{"eventName": "e", "customerId": "c"}] * 3}, "events"),
+    ],
+)
+def test_bad_events_name_the_field(body: Any, field: str) -> None:
+    with pytest.raises(ValidationError) as error:
+        parse_event_request(body, max_reports=2)
+    assert error.value.field == field
