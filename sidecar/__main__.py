@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> None:
                 settings.server.port,
             ),
             access_log=None,
+            # aiohttp's default of 128 drops connections when a thousand app workers open
+            # theirs at once (bench/stampede.py); they would wait a SYN retry, about a second.
+            backlog=4096,
         )
     except OSError as exc:
         # A port already taken: one line, no traceback.
