@@ -50,6 +50,13 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 30) 
     raise RuntimeError(f"{url} did not answer in {timeout} s")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far: a per-request cost that, unlike req/s,
+    does not depend on what else the machine is doing."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
 def process(
     command: list[str],
@@ -109,12 +116,26 @@ def sidecar(
         args.append("--local")
     else:
         settings.update(STIGG_API_URL=f"{stigg_url}/graphql", STIGG_API_KEY=API_KEY)
-    with process(pinned(cpu, args), f"http://127.0.0.1:{port}/openapi.json", settings):
-        yield f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}"
+    with process(pinned(cpu, args), f"{url}/openapi.json", settings) as proc:
+        SIDECAR_PIDS[url] = proc.pid
+        yield url
 
 
-def wrk(url: str, *, seconds: int = 10, connections: int = 16, cpu: int = 0) -> dict[str, float]:
-    """Closed-loop throughput over keep-alive connections: req/s, p50 and p99 in ms."""
+SIDECAR_PIDS: dict[str, int] = {}
+
+
+def wrk(
+    url: str,
+    *,
+    seconds: int = 10,
+    connections: int = 16,
+    cpu: int = 0,
+    server_pid: int | None = None,
+) -> dict[str, float]:
+    """Closed-loop throughput over keep-alive connections: req/s, p50 and p99 in ms, and with
+    ``server_pid`` the server's CPU microseconds per request."""
+    cpu_before = cpu_seconds(server_pid) if server_pid else 0.0
     out = subprocess.run(
         pinned(cpu, ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]),
         capture_output=True,
@@ -123,7 +144,11 @@ def wrk(url: str, *, seconds: int = 10, connections: int = 16, cpu: int = 0) -> 
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     latency = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", out, flags=re.M))
-    return {"rps": rps, "p50_ms": _ms(latency["50"]), "p99_ms": _ms(latency["99"])}
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    result = {"rps": rps, "p50_ms": _ms(latency["50"]), "p99_ms": _ms(latency["99"])}
+    if server_pid:
+        result["cpu_us"] = (cpu_seconds(server_pid) - cpu_before) / requests * 1e6
+    return result
 
 
 def _ms(text: str) -> float:

@@ -15,7 +15,7 @@ import sys
 
 import httpx
 
-from bench._util import free_port, h2load_fixed_rate, pinned, process, sidecar, wrk
+from bench._util import SIDECAR_PIDS, free_port, h2load_fixed_rate, pinned, process, sidecar, wrk
 
 CHECK = "/v1/entitlements?customerId=customer-demo&featureId=feature-api-calls"
 
@@ -31,24 +31,29 @@ def main() -> None:
             assert b'"source":"upstream"' in body or b'"source":"cache"' in body, body
             size = len(httpx.get(base + CHECK).content)
             wrk(base + CHECK, seconds=2)  # warm-up run
-            ours = wrk(base + CHECK, seconds=args.seconds)
+            ours = wrk(base + CHECK, seconds=args.seconds, server_pid=SIDECAR_PIDS[base])
             fixed = h2load_fixed_rate(base + CHECK, rate=2000, seconds=args.seconds)
         port = free_port()
         bare_cmd = pinned(1, [sys.executable, "bench/bare_server.py", str(port), str(size), loop])
-        with process(bare_cmd, f"http://127.0.0.1:{port}/openapi.json"):
+        with process(bare_cmd, f"http://127.0.0.1:{port}/openapi.json") as bare_process:
             bare_url = f"http://127.0.0.1:{port}{CHECK}"
             wrk(bare_url, seconds=2)
-            bare = wrk(bare_url, seconds=args.seconds)
+            bare = wrk(bare_url, seconds=args.seconds, server_pid=bare_process.pid)
         results[loop] = (ours, bare, fixed, size)
-    print(f"warm check, {args.seconds} s per run, body {size} bytes")
+    print(
+        f"warm check, {args.seconds} s per run, body {size} bytes; CPU = server CPU time per"
+        " request (robust to other load on the machine)"
+    )
     print(
         f"{'loop':8} {'sidecar req/s':>14} {'bare req/s':>11} {'ratio':>6} "
-        f"{'p50 ms':>7} {'p99 ms':>7} | fixed 2000 req/s: {'p50 ms':>7} {'p99 ms':>7}"
+        f"{'p50 ms':>7} {'p99 ms':>7} | {'CPU us/req':>10} {'bare':>6} {'ratio':>6} "
+        f"| at 2000 req/s: {'p50 ms':>7} {'p99 ms':>7}"
     )
     for loop, (ours, bare, fixed, _) in results.items():
         print(
             f"{loop:8} {ours['rps']:14.0f} {bare['rps']:11.0f} {ours['rps'] / bare['rps']:6.2f} "
-            f"{ours['p50_ms']:7.3f} {ours['p99_ms']:7.3f} | {'':17} "
+            f"{ours['p50_ms']:7.3f} {ours['p99_ms']:7.3f} | {ours['cpu_us']:10.1f} "
+            f"{bare['cpu_us']:6.1f} {bare['cpu_us'] / ours['cpu_us']:6.2f} | {'':14} "
             f"{fixed['p50_ms']:7.3f} {fixed['p99_ms']:7.3f}"
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Collection, Mapping
@@ -119,13 +120,19 @@ class Fields:
 
 
 def check_identifier(name: str, value: str) -> str:
-    if len(value) > MAX_ID_LENGTH:
-        raise ValidationError(name, f"must be at most {MAX_ID_LENGTH} characters")
-    if not _ID_PATTERN.match(value):
+    if not _is_identifier(value):
+        if len(value) > MAX_ID_LENGTH:
+            raise ValidationError(name, f"must be at most {MAX_ID_LENGTH} characters")
         raise ValidationError(
             name, "must start with a letter or digit and use only letters, digits and _.:@+-"
         )
     return value
+
+
+@functools.lru_cache(maxsize=65536)
+def _is_identifier(value: str) -> bool:
+    """Cached: the same customer and feature ids arrive on every check."""
+    return len(value) <= MAX_ID_LENGTH and _ID_PATTERN.match(value) is not None
 
 
 def check_number(name: str, value: Any, *, minimum: float | None = None) -> float:

@@ -125,18 +125,20 @@ def _request_fallback(request: web.Request, params: dict[str, str]) -> FeatureFa
 
 async def check_entitlement(request: web.Request) -> web.Response:
     params = _query(request, _CHECK_PARAMS)
-    check = CheckRequest(_required(params, "customerId"), _required(params, "featureId"))
-    fallback = None
-    if len(params) > 2:  # the hot path asks only the two required ones
-        check = CheckRequest(
-            customer_id=check.customer_id,
-            feature_id=check.feature_id,
-            resource_id=_optional_id(params, "resourceId"),
-            requested_usage=_number(params, "requestedUsage"),
-            requested_values=_values(request, "requestedValues") or None,
-        )
-        fallback = _request_fallback(request, params)
-    return json_response(await _services(request).entitlements.check(check, fallback))
+    customer_id, feature_id = _required(params, "customerId"), _required(params, "featureId")
+    entitlements = _services(request).entitlements
+    if len(params) == 2:  # the hot path: nothing but the two required parameters
+        body = await entitlements.check_json(CheckRequest(customer_id, feature_id))
+        return web.Response(body=body, content_type="application/json")
+    check = CheckRequest(
+        customer_id=customer_id,
+        feature_id=feature_id,
+        resource_id=_optional_id(params, "resourceId"),
+        requested_usage=_number(params, "requestedUsage"),
+        requested_values=_values(request, "requestedValues") or None,
+    )
+    fallback = _request_fallback(request, params)
+    return json_response(await entitlements.check(check, fallback))
 
 
 async def list_entitlements(request: web.Request) -> web.Response:

@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 import fakeredis
+import orjson
 import pytest
 
 from sidecar.cache.memory import MemoryStore
@@ -371,3 +372,21 @@ async def test_confirmed_usage_reconciles_without_losing_later_reports(
     # Stigg knows more than we do (another replica reported): its figure wins.
     await svc.usage_confirmed([{"customerId": "c1", "featureId": "calls", "currentUsage": 9}])
     assert (await svc.check(CALLS))["currentUsage"] == 9
+
+
+async def test_rendered_answers_follow_every_change(
+    upstream: FakeUpstream, clock: FakeClock
+) -> None:
+    svc = service(upstream, clock)
+    first = orjson.loads(await svc.check_json(CALLS))
+    assert (first["currentUsage"], first["source"]) == (3, "upstream")
+    assert orjson.loads(await svc.check_json(CALLS))["source"] == "cache"
+    again = await svc.check_json(CALLS)
+    assert again is await svc.check_json(CALLS)  # the same bytes, rendered once
+    await svc.usage_accepted([report(7)])
+    assert orjson.loads(await svc.check_json(CALLS))["hasAccess"] is False  # 10 of 10
+    await svc.apply_state("c1", None, stigg_state(usage=1))
+    assert orjson.loads(await svc.check_json(CALLS))["currentUsage"] == 1
+    granted, denied = svc.stats.granted, svc.stats.denied
+    await svc.check_json(CALLS)
+    assert (svc.stats.granted, svc.stats.denied) == (granted + 1, denied)
