@@ -1,6 +1,6 @@
 """Warm entitlement checks over HTTP keep-alive: the sidecar against a bare aiohttp handler.
 
-    uv run python bench/check_http.py [--seconds 10]
+    uv run python -m bench.check_http [--seconds 10]
 
 For each event loop (asyncio, uvloop): wrk (1 thread, 16 connections) against a warm check on
 a ``--local`` sidecar, then against ``bare_server.py`` answering a constant JSON body of the
@@ -34,7 +34,9 @@ def main() -> None:
             ours = wrk(base + CHECK, seconds=args.seconds, server_pid=SIDECAR_PIDS[base])
             fixed = h2load_fixed_rate(base + CHECK, rate=2000, seconds=args.seconds)
         port = free_port()
-        bare_cmd = pinned(1, [sys.executable, "bench/bare_server.py", str(port), str(size), loop])
+        bare_cmd = pinned(
+            1, [sys.executable, "-m", "bench.bare_server", str(port), str(size), loop]
+        )
         with process(bare_cmd, f"http://127.0.0.1:{port}/openapi.json") as bare_process:
             bare_url = f"http://127.0.0.1:{port}{CHECK}"
             wrk(bare_url, seconds=2)

@@ -1,7 +1,7 @@
 """Entitlement checks without HTTP: evaluation rate on one core, and memory per cached
 entitlement.
 
-    uv run python bench/check_inprocess.py [--customers 100000] [--features 10]
+    uv run python -m bench.check_inprocess [--customers 100000] [--features 10]
 
 Memory: RSS growth after caching ``customers`` customers x ``features`` features in L1 (no
 Redis), from Stigg-shaped payloads whose metered features carry each customer's own usage

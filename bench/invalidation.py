@@ -1,7 +1,7 @@
 """Cross-replica invalidation: time from one replica's invalidation to another replica's
 memory (L1) dropping the customer, through a real redis-server's pub/sub.
 
-    uv run python bench/invalidation.py [--samples 200]
+    uv run python -m bench.invalidation [--samples 200]
 
 Two sidecar apps in one process (so one clock measures both), each with its own Redis
 connections, against the emulator. Target: within 100 ms.

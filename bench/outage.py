@@ -1,7 +1,7 @@
 """Checks while Stigg hangs: known customers answered from stale state, unknown ones from the
 fallback chain at the check deadline.
 
-    uv run python bench/outage.py [--seconds 5]
+    uv run python -m bench.outage [--seconds 5]
 
 A sidecar process (fresh TTL 1 s, so cached state turns stale quickly; realtime off) caches
 three customers, then the emulator (its own process) stops answering. 8 keep-alive clients

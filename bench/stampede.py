@@ -1,6 +1,6 @@
 """Cold stampede: 1,000 concurrent first checks for one customer, Stigg answering in 50 ms.
 
-    uv run python bench/stampede.py
+    uv run python -m bench.stampede
 
 The emulator runs in its own process with 50 ms added latency. Measured twice:
 in-process (1,000 concurrent ``EntitlementService.check`` calls through the real HTTP client
