@@ -46,6 +46,12 @@ class Broadcast(Protocol):
     async def publish(self, event: dict[str, Any]) -> None: ...
 
 
+# hit: answered from the cache (L1 or L2) without waiting; miss: waited for Stigg;
+# stale: Stigg failed or was too slow and expired state answered; fallback: nothing cached.
+CHECK_RESULTS = ("hit", "miss", "stale", "fallback")
+CHECK_DECISIONS = ("granted", "denied")
+
+
 @dataclass
 class CheckStats:
     """Counts behind the entitlement metrics."""
@@ -62,6 +68,10 @@ class CheckStats:
     fetches: int = 0
     fetch_failures: int = 0
     l2_errors: int = 0
+    by_result: dict[tuple[str, str], int] = field(
+        default_factory=lambda: {(r, d): 0 for r in CHECK_RESULTS for d in CHECK_DECISIONS}
+    )
+    """Checks by (result, decision): the ``stigg_sidecar_entitlement_checks_total`` series."""
 
 
 class EntitlementService:
@@ -109,15 +119,16 @@ class EntitlementService:
             refresh_due = entry.fresh_until - now < self._cache.refresh_ahead_seconds
             if refresh_due and _servable_when_stale(entry):  # not for "customer not found"
                 self._refresh_soon(key)
-            return self._count(evaluate(entry.value, request, now))
+            return self._count(evaluate(entry.value, request, now), "hit")
         state, source, stale = await self._resolve(key, entry)
         now = self._clock()
         if state is not None:
-            return self._count(evaluate(state, request, now, source))
+            result = "hit" if source == "cache" else "miss"
+            return self._count(evaluate(state, request, now, source), result)
         if stale is not None:
             self.stats.stale += 1
-            return self._count(evaluate(stale, request, now, "stale"))
-        return self._count(self._fallback(request, request_fallback))
+            return self._count(evaluate(stale, request, now, "stale"), "stale")
+        return self._count(self._fallback(request, request_fallback), "fallback")
 
     async def list(self, customer_id: str, resource_id: str | None) -> dict[str, Any]:
         """All of the customer's entitlements (config fallbacks when nothing else can answer)."""
@@ -139,11 +150,14 @@ class EntitlementService:
         state = await self._fetch((customer_id, resource_id))
         return _listing(state, resource_id, self._clock(), "upstream")
 
-    def _count(self, answer: dict[str, Any]) -> dict[str, Any]:
+    def _count(self, answer: dict[str, Any], result: str) -> dict[str, Any]:
+        stats = self.stats
         if answer["hasAccess"]:
-            self.stats.granted += 1
+            stats.granted += 1
+            stats.by_result[result, "granted"] += 1
         else:
-            self.stats.denied += 1
+            stats.denied += 1
+            stats.by_result[result, "denied"] += 1
         return answer
 
     async def _resolve(
