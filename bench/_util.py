@@ -110,7 +110,12 @@ def sidecar(
 ) -> Iterator[str]:
     """The sidecar in its own process (``--local`` unless ``stigg_url``); yields its base URL."""
     port = free_port()
-    settings = {"SIDECAR_MCP_ENABLED": "false", **(env or {})}
+    # Benchmarks may run several sidecars: none needs the MCP or management port.
+    settings = {
+        "SIDECAR_MCP_ENABLED": "false",
+        "SIDECAR_MANAGEMENT_ENABLED": "false",
+        **(env or {}),
+    }
     args = [sys.executable, "-m", "sidecar", "--port", str(port)]
     if stigg_url is None:
         args.append("--local")

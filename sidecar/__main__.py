@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+import socket
+import stat
 import sys
 from importlib import resources
 from pathlib import Path
 
 from aiohttp import web
 
-from sidecar import __version__
+from sidecar import __version__, logs
 from sidecar.app import create_app
-from sidecar.config import ConfigError, StartupError, load_settings
+from sidecar.config import ConfigError, Settings, StartupError, load_settings
 
 DEFAULT_CATALOG = Path("config/catalog.yaml")
 _PACKAGED_CATALOG = "sidecar.emulator"
@@ -69,12 +73,54 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"stigg-sidecar: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
-    logging.basicConfig(
-        level=settings.logging.level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    logs.register_secrets(
+        settings.api_key, settings.webhook_secret, settings.auth_token, settings.redis_url
     )
-    # httpx logs every request at INFO: far too much for a sidecar on the hot path.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logs.configure(settings.logging.level)
+    path = settings.server.unix_socket
+    try:
+        unix = bind_unix_socket(path) if path else None
+    except StartupError as exc:
+        print(f"stigg-sidecar: cannot start: {exc}", file=sys.stderr)
+        sys.exit(1)
+    try:
+        serve(settings, unix)
+    finally:
+        if unix is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+def bind_unix_socket(path: str) -> socket.socket:
+    """The API's Unix socket, bound with mode 0666 (a stale file from a dead process replaced).
+
+    0666 rather than 0660: the app container may run as another user and group than the
+    sidecar. Access is controlled by the directory instead: an emptyDir private to the pod.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            raise StartupError(f"server.unixSocket: {path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # nothing listens: left behind by a process that died
+        else:
+            raise StartupError(f"server.unixSocket: another process serves on {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        os.chmod(path, 0o666)  # noqa: S103 - see the docstring: the directory guards it
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"server.unixSocket: cannot listen on {path}: {exc.strerror}") from None
+    return sock
+
+
+def serve(settings: Settings, unix: socket.socket | None) -> None:
+    """Serve until SIGINT/SIGTERM; one line on stderr and exit 1 if that cannot start."""
     loop = None
     if settings.server.event_loop == "uvloop":
         import uvloop
@@ -88,11 +134,13 @@ def main(argv: list[str] | None = None) -> None:
             host=settings.server.host,
             port=settings.server.port,
             shutdown_timeout=settings.server.shutdown_timeout_seconds,
+            sock=[unix] if unix is not None else None,
             print=lambda _: logging.getLogger("sidecar").info(
-                "stigg-sidecar %s listening on http://%s:%d",
+                "stigg-sidecar %s listening on http://%s:%d%s",
                 __version__,
                 settings.server.host,
                 settings.server.port,
+                f" and unix:{settings.server.unix_socket}" if unix is not None else "",
             ),
             access_log=None,
             # aiohttp's default of 128 drops connections when a thousand app workers open

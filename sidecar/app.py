@@ -20,6 +20,15 @@ from aiohttp import web
 from sidecar.api.errors import error_middleware
 from sidecar.api.graphql import graphql_passthrough
 from sidecar.api.http import SERVICES, SETTINGS, Services
+from sidecar.api.management import (
+    MANAGEMENT,
+    METRICS,
+    Management,
+    begin_shutdown,
+    management_ctx,
+    use_redis_for_readiness,
+)
+from sidecar.api.observe import bearer_middleware, observe_middleware
 from sidecar.api.openapi import openapi_document
 from sidecar.api.rest import routes
 from sidecar.api.usage import usage_routes
@@ -30,6 +39,8 @@ from sidecar.cache.redis_store import RedisStore
 from sidecar.config import Secret, Settings
 from sidecar.entitlements.model import EntitlementsState
 from sidecar.entitlements.service import EntitlementService
+from sidecar.logs import register_secrets
+from sidecar.metrics import Metrics
 from sidecar.provisioning import ProvisioningService
 from sidecar.upstream.client import StiggClient, Upstream
 from sidecar.upstream.documents import ENTITLEMENTS_STATE
@@ -66,6 +77,7 @@ def _upstream_ctx(
             from sidecar.emulator import EmulatorServer, load_catalog
 
             api_key = Secret(secrets.token_urlsafe(32))
+            register_secrets(api_key)
             emulator = EmulatorServer(load_catalog(settings.local_catalog), api_key.reveal())
             await emulator.start()
             stigg = replace(stigg, api_url=emulator.url)
@@ -76,7 +88,7 @@ def _upstream_ctx(
                 settings.local_catalog,
             )
         assert api_key is not None  # load_settings refuses to start without one
-        client = StiggClient(stigg, api_key)
+        client = StiggClient(stigg, api_key, observer=app[METRICS].observe_upstream)
         if emulator is not None:
             # One throwaway check now, so the emulator's first (slow, cold) answer does not
             # land inside a developer's first check and its 200 ms deadline.
@@ -132,6 +144,9 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         provisioning=ProvisioningService(upstream, entitlements),
         upstream=upstream,
     )
+    app[METRICS].services = app[SERVICES]
+    if REDIS in app:
+        use_redis_for_readiness(app, app[REDIS], _key_prefix(settings) + ":entitlements:")
     yield
     await entitlements.aclose()
 
@@ -187,6 +202,7 @@ async def _realtime_ctx(app: web.Application) -> AsyncIterator[None]:
     url, api_key = app[STIGG_LINK]
     listener = RealtimeListener(url, api_key, app[SETTINGS].realtime, app[SERVICES].entitlements)
     app[REALTIME] = listener
+    app[METRICS].realtime = listener
     async for _ in _run_in_background("realtime", listener.run()):
         yield
 
@@ -200,11 +216,22 @@ async def _openapi(request: web.Request) -> web.Response:
 
 def create_app(settings: Settings, *, upstream: Upstream | None = None) -> web.Application:
     """The sidecar's app; pass ``upstream`` to run it against a fake instead of Stigg."""
-    app = web.Application(
-        client_max_size=settings.server.max_body_bytes,
-        middlewares=[error_middleware(settings.server.max_body_bytes)],
+    register_secrets(
+        settings.api_key, settings.webhook_secret, settings.auth_token, settings.redis_url
     )
+    metrics = Metrics()
+    middlewares = [observe_middleware(metrics, log_access=settings.logging.access_log)]
+    if settings.auth_token is not None:
+        middlewares.append(bearer_middleware(settings.auth_token))
+    middlewares.append(error_middleware(settings.server.max_body_bytes))
+    app = web.Application(client_max_size=settings.server.max_body_bytes, middlewares=middlewares)
     app[SETTINGS] = settings
+    app[METRICS] = metrics
+    app[MANAGEMENT] = Management()
+    if settings.management.enabled:
+        # First in, last out: probes answer through the whole start and the whole drain.
+        app.cleanup_ctx.append(management_ctx())
+        app.on_shutdown.append(begin_shutdown)
     app.cleanup_ctx.append(_upstream_ctx(upstream))
     if settings.redis_url is not None:
         app.cleanup_ctx.append(_redis_ctx)

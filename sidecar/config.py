@@ -96,6 +96,10 @@ class ServerSettings:
         default=20.0,
         metadata=_meta("Grace period for in-flight requests on SIGTERM.", minimum=0),
     )
+    unix_socket: str = field(
+        default="",
+        metadata=_meta("Also serve the API on this Unix socket path (empty: no socket)."),
+    )
 
 
 @dataclass(frozen=True)
@@ -260,6 +264,10 @@ class LoggingSettings:
         default="INFO",
         metadata=_meta("Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
     )
+    access_log: bool = field(
+        default=True,
+        metadata=_meta("Log one line per API request (never for /livez, /readyz, /metrics)."),
+    )
 
 
 @dataclass(frozen=True)
@@ -269,6 +277,18 @@ class McpSettings:
     enabled: bool = field(default=True, metadata=_meta("Serve the MCP tools; false: no listener."))
     host: str = field(default="127.0.0.1", metadata=_meta("Address the MCP server binds to."))
     port: int = field(default=9090, metadata=_meta("MCP port.", minimum=0, maximum=65535))
+
+
+@dataclass(frozen=True)
+class ManagementSettings:
+    """Probes and metrics for kubelet and Prometheus: ``/livez``, ``/readyz``, ``/metrics``."""
+
+    enabled: bool = field(default=True, metadata=_meta("Serve the management port."))
+    host: str = field(
+        default="0.0.0.0",  # noqa: S104 - kubelet and Prometheus come from outside the pod
+        metadata=_meta("Address the management port binds to."),
+    )
+    port: int = field(default=8081, metadata=_meta("Management port.", minimum=0, maximum=65535))
 
 
 @dataclass(frozen=True)
@@ -373,6 +393,7 @@ class Settings:
     realtime: RealtimeSettings = field(default_factory=RealtimeSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     mcp: McpSettings = field(default_factory=McpSettings)
+    management: ManagementSettings = field(default_factory=ManagementSettings)
     usage: UsageSettings = field(default_factory=UsageSettings)
     api_key: Secret | None = None
     # Bearer token clients must send to the sidecar's API and MCP endpoint; None: no check.
@@ -398,6 +419,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "realtime": RealtimeSettings,
     "logging": LoggingSettings,
     "mcp": McpSettings,
+    "management": ManagementSettings,
     "usage": UsageSettings,
 }
 
@@ -507,12 +529,22 @@ def _check_url(key: str, url: str, schemes: tuple[str, ...]) -> None:
         raise ConfigError(f"{key}: must be a {' or '.join(schemes)} URL, got {url!r}")
 
 
-def _check_ports(server: ServerSettings, mcp: McpSettings) -> None:
-    """Both listeners on one address would fail at bind time; say so before starting."""
+def _check_ports(server: ServerSettings, mcp: McpSettings, management: ManagementSettings) -> None:
+    """Two listeners on one address would fail at bind time; say so before starting."""
     wildcard = ("0.0.0.0", "::", "")  # noqa: S104 - compared against, not bound
-    same_host = mcp.host == server.host or mcp.host in wildcard or server.host in wildcard
-    if mcp.enabled and mcp.port != 0 and mcp.port == server.port and same_host:
+
+    def clash(host: str, port: int, other_host: str, other_port: int) -> bool:
+        same_host = host == other_host or host in wildcard or other_host in wildcard
+        return port != 0 and port == other_port and same_host
+
+    if mcp.enabled and clash(mcp.host, mcp.port, server.host, server.port):
         raise ConfigError(f"mcp.port: must differ from server.port (both are {mcp.port})")
+    if management.enabled:
+        port = management.port
+        if clash(management.host, port, server.host, server.port):
+            raise ConfigError(f"management.port: must differ from server.port (both are {port})")
+        if mcp.enabled and clash(management.host, port, mcp.host, mcp.port):
+            raise ConfigError(f"management.port: must differ from mcp.port (both are {port})")
 
 
 def load_settings(
@@ -552,7 +584,8 @@ def load_settings(
     if auth_token is not None and re.search(r"\s", auth_token.reveal()):
         raise ConfigError("SIDECAR_AUTH_TOKEN: must not contain white space")
     mcp: McpSettings = sections["mcp"]
-    _check_ports(server, mcp)
+    management: ManagementSettings = sections["management"]
+    _check_ports(server, mcp, management)
     data_dir = Path(env["SIDECAR_DATA_DIR"]) if env.get("SIDECAR_DATA_DIR") else None
     settings = Settings(
         server=server,
@@ -562,6 +595,7 @@ def load_settings(
         realtime=sections["realtime"],
         logging=sections["logging"],
         mcp=mcp,
+        management=management,
         usage=sections["usage"],
         api_key=api_key,
         auth_token=auth_token,

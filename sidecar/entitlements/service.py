@@ -50,6 +50,12 @@ class Broadcast(Protocol):
     async def publish(self, event: dict[str, Any]) -> None: ...
 
 
+# hit: answered from the cache (L1 or L2) without waiting; miss: waited for Stigg;
+# stale: Stigg failed or was too slow and expired state answered; fallback: nothing cached.
+CHECK_RESULTS = ("hit", "miss", "stale", "fallback")
+CHECK_DECISIONS = ("granted", "denied")
+
+
 @dataclass
 class CheckStats:
     """Counts behind the entitlement metrics."""
@@ -66,6 +72,10 @@ class CheckStats:
     fetches: int = 0
     fetch_failures: int = 0
     l2_errors: int = 0
+    by_result: dict[tuple[str, str], int] = field(
+        default_factory=lambda: {(r, d): 0 for r in CHECK_RESULTS for d in CHECK_DECISIONS}
+    )
+    """Checks by (result, decision): the ``stigg_sidecar_entitlement_checks_total`` series."""
 
 
 class EntitlementService:
@@ -114,15 +124,16 @@ class EntitlementService:
         entry = self.l1.get_nowait(key)
         if entry is not None and entry.is_fresh(now):
             self._hit(key, entry, now)
-            return self._count(evaluate(entry.value, request, now))
+            return self._count(evaluate(entry.value, request, now), "hit")
         state, source, stale = await self._resolve(key, entry)
         now = self._clock()
         if state is not None:
-            return self._count(evaluate(state, request, now, source))
+            result = "hit" if source == "cache" else "miss"
+            return self._count(evaluate(state, request, now, source), result)
         if stale is not None:
             self.stats.stale += 1
-            return self._count(evaluate(stale, request, now, "stale"))
-        return self._count(self._fallback(request, request_fallback))
+            return self._count(evaluate(stale, request, now, "stale"), "stale")
+        return self._count(self._fallback(request, request_fallback), "fallback")
 
     async def check_json(self, request: CheckRequest) -> bytes:
         """``check`` serialised; a plain check (no requested usage or values) on fresh cached
@@ -140,10 +151,7 @@ class EntitlementService:
                     answer = evaluate(entry.value, request, now)
                     rendered = (entry, orjson.dumps(answer), answer["hasAccess"])
                     self._rendered[render_key] = rendered
-                if rendered[2]:
-                    self.stats.granted += 1
-                else:
-                    self.stats.denied += 1
+                self._tally(rendered[2], "hit")
                 return rendered[1]
         return orjson.dumps(await self.check(request))
 
@@ -173,12 +181,18 @@ class EntitlementService:
         state = await self._fetch((customer_id, resource_id))
         return _listing(state, resource_id, self._clock(), "upstream")
 
-    def _count(self, answer: dict[str, Any]) -> dict[str, Any]:
-        if answer["hasAccess"]:
-            self.stats.granted += 1
-        else:
-            self.stats.denied += 1
+    def _count(self, answer: dict[str, Any], result: str) -> dict[str, Any]:
+        self._tally(answer["hasAccess"], result)
         return answer
+
+    def _tally(self, has_access: bool, result: str) -> None:
+        stats = self.stats
+        if has_access:
+            stats.granted += 1
+            stats.by_result[result, "granted"] += 1
+        else:
+            stats.denied += 1
+            stats.by_result[result, "denied"] += 1
 
     async def _resolve(
         self, key: CacheKey, entry: CacheEntry[State] | None

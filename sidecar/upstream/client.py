@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Coroutine, Mapping
+import time
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -27,6 +28,38 @@ from sidecar.upstream.errors import (
 )
 
 log = logging.getLogger(__name__)
+
+# (operation, outcome, seconds) for every call attempt; see ``outcome_of`` for the outcomes.
+Observer = Callable[[str, str, float], None]
+OUTCOMES = (
+    "success",
+    "stigg_error",
+    "unavailable",
+    "timeout",
+    "rate_limited",
+    "auth_failed",
+    "circuit_open",
+    "bad_response",
+)
+
+
+def outcome_of(exc: BaseException | None) -> str:
+    """The metrics label of a call that ended with ``exc`` (None: it succeeded)."""
+    if exc is None:
+        return "success"
+    if isinstance(exc, StiggError):
+        return "stigg_error"  # Stigg answered, with an error: it is up
+    if isinstance(exc, CircuitOpen):
+        return "circuit_open"
+    if isinstance(exc, UpstreamTimeout):
+        return "timeout"
+    if isinstance(exc, UpstreamRateLimited):
+        return "rate_limited"
+    if isinstance(exc, UpstreamAuthError):
+        return "auth_failed"
+    if isinstance(exc, UpstreamProtocolError):
+        return "bad_response"
+    return "unavailable"
 
 
 @dataclass(frozen=True)
@@ -59,8 +92,12 @@ class StiggClient:
         api_key: Secret,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self._settings = settings
+        self.observer = observer
+        # Monotonic time of Stigg's last answer (any answer, even an error): readiness.
+        self.last_answer_at: float | None = None
         self._url = settings.api_url
         self.breaker = CircuitBreaker(
             settings.breaker_failure_threshold, settings.breaker_cooldown_seconds
@@ -125,24 +162,35 @@ class StiggClient:
         """Run ``call`` through the circuit breaker: fail fast while it is open."""
         if not self.breaker.allow():
             call.close()
+            if self.observer is not None:
+                self.observer(name, "circuit_open", 0.0)
             raise CircuitOpen(
                 "Stigg failed repeatedly; calls are paused briefly (circuit breaker open)",
                 operation=name,
             )
+        started = time.perf_counter()
         try:
             result = await call
         except UpstreamError as exc:
+            self._observe(name, exc, started)
             # Only failures to answer count; Stigg answering an error is Stigg being up.
             if isinstance(exc, _FAILURES):
                 self.breaker.failure()
             else:
                 self.breaker.success()
+                self.last_answer_at = time.monotonic()
             raise
         except BaseException:
             self.breaker.failure()  # e.g. cancelled: never leave a probe hanging half-open
             raise
+        self._observe(name, None, started)
         self.breaker.success()
+        self.last_answer_at = time.monotonic()
         return result
+
+    def _observe(self, name: str, exc: UpstreamError | None, started: float) -> None:
+        if self.observer is not None:
+            self.observer(name, outcome_of(exc), time.perf_counter() - started)
 
     def _backoff(self, attempt: int) -> float:
         """Full-jitter exponential backoff, so retries of many sidecars do not synchronise."""
