@@ -220,7 +220,7 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> web.A
         settings.api_key, settings.webhook_secret, settings.auth_token, settings.redis_url
     )
     metrics = Metrics()
-    middlewares = [observe_middleware(metrics, log_access=settings.logging.access_log)]
+    middlewares = [observe_middleware(metrics, access_log=settings.logging.access_log)]
     if settings.auth_token is not None:
         middlewares.append(bearer_middleware(settings.auth_token))
     middlewares.append(error_middleware(settings.server.max_body_bytes))

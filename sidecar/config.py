@@ -264,9 +264,12 @@ class LoggingSettings:
         default="INFO",
         metadata=_meta("Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
     )
-    access_log: bool = field(
-        default=True,
-        metadata=_meta("Log one line per API request (never for /livez, /readyz, /metrics)."),
+    access_log: str = field(
+        default="errors",
+        metadata=_meta(
+            "Access log: all requests, errors (4xx/5xx and requests over 1 s) or off.",
+            choices=("all", "errors", "off"),
+        ),
     )
 
 

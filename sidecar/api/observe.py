@@ -9,6 +9,7 @@ access log is on) one log record.
 from __future__ import annotations
 
 import hmac
+import itertools
 import logging
 import re
 import secrets
@@ -22,7 +23,7 @@ from sidecar.config import Secret
 from sidecar.logs import REQUEST_ID, ROUTE
 from sidecar.metrics import UNMATCHED, Metrics
 
-access_log = logging.getLogger("sidecar.access")
+_access_log = logging.getLogger("sidecar.access")
 
 REQUEST_ID_HEADER = "X-Request-Id"
 # A caller's id is kept if it is a short token; anything else (too long, spaces, quotes,
@@ -30,6 +31,11 @@ REQUEST_ID_HEADER = "X-Request-Id"
 _SANE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
 # Never logged: probes every few seconds and scrapes would drown the requests that matter.
 _QUIET_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
+# With accessLog "errors", successful requests faster than this are not logged.
+SLOW_SECONDS = 1.0
+# Request ids: a random per-process prefix and a counter, unique and nearly free to make.
+_ID_PREFIX = secrets.token_hex(4)
+_ID_COUNTER = itertools.count(1)
 # Webhooks authenticate with Stigg's shared secret instead of the bearer token.
 _BEARER_EXEMPT = frozenset({"/webhooks/stigg"})
 
@@ -42,16 +48,19 @@ def route_of(request: web.Request) -> str:
     return resource.canonical
 
 
-def observe_middleware(metrics: Metrics, *, log_access: bool) -> Any:
-    """Request id in and out, per-route metrics, one access-log line per request."""
+def observe_middleware(metrics: Metrics, *, access_log: str) -> Any:
+    """Request id in and out, per-route metrics, access-log lines (``all``, ``errors``, ``off``)."""
+    log_all = access_log == "all"
+    log_errors = access_log == "errors"
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         given = request.headers.get(REQUEST_ID_HEADER)
-        request_id = (
-            given if given is not None and _SANE_ID.fullmatch(given) else secrets.token_hex(8)
-        )
+        if given is not None and _SANE_ID.fullmatch(given):
+            request_id = given
+        else:
+            request_id = f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
         route = route_of(request)
         id_token = REQUEST_ID.set(request_id)
         route_token = ROUTE.set(route)
@@ -69,8 +78,9 @@ def observe_middleware(metrics: Metrics, *, log_access: bool) -> Any:
         finally:
             seconds = time.perf_counter() - started
             metrics.observe_http(route, request.method, status, seconds)
-            if log_access and request.path not in _QUIET_PATHS:
-                access_log.info(
+            logged = log_all or (log_errors and (status >= 400 or seconds >= SLOW_SECONDS))
+            if logged and request.path not in _QUIET_PATHS:
+                _access_log.info(
                     "%s %s %d %.2f ms",
                     request.method,
                     request.path,

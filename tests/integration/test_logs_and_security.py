@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -96,10 +97,12 @@ def test_a_secret_is_redacted_in_message_args_exception_extra_and_headers(
 
 
 async def test_no_scenario_logs_a_secret(captured: io.StringIO, emulator: EmulatorServer) -> None:
+    base = sidecar_settings(emulator.url, max_retries=1)
     settings = replace(
-        sidecar_settings(emulator.url, max_retries=1),
+        base,
         webhook_secret=Secret(WEBHOOK_SECRET),
         redis_url=None,
+        logging=replace(base.logging, access_log="all"),  # every request leaves a line
     )
     client = await start_sidecar(settings)
     try:
@@ -189,13 +192,18 @@ def test_local_run_logs_json_without_secrets(tmp_path: Path) -> None:
 # --- request ids -------------------------------------------------------------------------
 
 
+_SANE = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
+
+
 async def test_request_id_is_echoed_or_minted(sidecar: Client) -> None:
     given = await sidecar.get(CHECK, headers={"X-Request-Id": "abc-123"})
     assert given.headers["X-Request-Id"] == "abc-123"
     forged = await sidecar.get(CHECK, headers={"X-Request-Id": 'x" injected'})
     assert forged.headers["X-Request-Id"] != 'x" injected'
     minted = await sidecar.get("/no/such/route")
-    assert len(minted.headers["X-Request-Id"]) == 16
+    other = await sidecar.get("/no/such/route")
+    assert minted.headers["X-Request-Id"] != other.headers["X-Request-Id"]
+    assert _SANE.fullmatch(minted.headers["X-Request-Id"])
 
 
 # --- bearer token ------------------------------------------------------------------------
@@ -321,3 +329,12 @@ async def test_passthrough_only_reaches_the_configured_url() -> None:
         await upstream.aclose()
     assert seen
     assert {str(r.url) for r in seen} == {"https://stigg.configured.example/graphql"}
+
+
+async def test_default_access_log_keeps_errors_and_skips_fast_successes(
+    captured: io.StringIO, sidecar: Client
+) -> None:
+    assert (await sidecar.get(CHECK)).status == 200
+    assert (await sidecar.get("/v1/customers/nobody")).status == 404
+    access = [r for r in lines(captured) if r["logger"] == "sidecar.access"]
+    assert [(r["path"], r["status"]) for r in access] == [("/v1/customers/nobody", 404)]
