@@ -21,7 +21,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from bench._util import API_KEY, free_port, percentile
 from sidecar.api.http import SERVICES
 from sidecar.app import BROADCAST, create_app
-from sidecar.config import CacheSettings, McpSettings, Secret, Settings, StiggSettings
+from sidecar.config import (
+    CacheSettings,
+    ManagementSettings,
+    McpSettings,
+    Secret,
+    Settings,
+    StiggSettings,
+)
 from sidecar.emulator import EmulatorServer, load_catalog
 
 
@@ -37,6 +44,7 @@ async def run(samples: int, redis_url: str) -> list[float]:
         cache=CacheSettings(environment="bench"),
         realtime=replace(base.realtime, enabled=False),
         mcp=McpSettings(enabled=False),
+        management=ManagementSettings(enabled=False),
     )
     a = TestClient(TestServer(create_app(settings), host="127.0.0.1"))
     b = TestClient(TestServer(create_app(settings), host="127.0.0.1"))
