@@ -22,7 +22,7 @@ import fcntl
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -207,8 +207,7 @@ class SqliteSpool:
         count = sum(self._count.values())
         added_count = dict.fromkeys(KINDS, 0)
         added_bytes = 0
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(db):
             for kind, reports, now, _ in group:
                 size = sum(len(report.body) for report in reports)
                 if (
@@ -233,10 +232,6 @@ class SqliteSpool:
                     added_count[kind] += 1
                     added_bytes += len(report.body)
                 results.append(stored)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         for kind, added in added_count.items():
             self._count[kind] += added
         self._bytes += added_bytes
@@ -294,20 +289,8 @@ class SqliteSpool:
 
     def _record(self, batch: Batch) -> None:
         db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.execute(
-                "INSERT INTO batches (id, kind, body) VALUES (?, ?, ?)",
-                (batch.id, batch.kind, batch.to_bytes()),
-            )
-            db.execute(
-                "UPDATE reports SET batch_id = ? WHERE seq IN (SELECT value FROM json_each(?))",
-                (batch.id, orjson.dumps([int(i) for i in batch.entry_ids])),
-            )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        with _transaction(db):
+            _insert_batch(db, batch)
 
     async def split_batch(self, batch: Batch, parts: Sequence[Batch]) -> bool:
         await self._run(self._split, batch, parts)
@@ -315,22 +298,10 @@ class SqliteSpool:
 
     def _split(self, batch: Batch, parts: Sequence[Batch]) -> None:
         db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(db):
             db.execute("DELETE FROM batches WHERE id = ?", (batch.id,))
             for part in parts:
-                db.execute(
-                    "INSERT INTO batches (id, kind, body) VALUES (?, ?, ?)",
-                    (part.id, part.kind, part.to_bytes()),
-                )
-                db.execute(
-                    "UPDATE reports SET batch_id = ? WHERE seq IN (SELECT value FROM json_each(?))",
-                    (part.id, orjson.dumps([int(i) for i in part.entry_ids])),
-                )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+                _insert_batch(db, part)
 
     async def ack_batch(self, batch: Batch) -> None:
         await self._run(self._ack, batch)
@@ -338,8 +309,7 @@ class SqliteSpool:
     def _ack(self, batch: Batch) -> None:
         db = self._conn()
         ids = orjson.dumps([int(i) for i in batch.entry_ids])
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(db):
             count, size = db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM reports"
                 " WHERE seq IN (SELECT value FROM json_each(?))",
@@ -347,10 +317,6 @@ class SqliteSpool:
             ).fetchone()
             db.execute("DELETE FROM reports WHERE seq IN (SELECT value FROM json_each(?))", (ids,))
             db.execute("DELETE FROM batches WHERE id = ?", (batch.id,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         self._count[batch.kind] -= count
         self._bytes -= size
 
@@ -360,8 +326,7 @@ class SqliteSpool:
     def _dead_letter(self, batch: Batch, reason: str, code: str, now: float) -> int:
         db = self._conn()
         ids = orjson.dumps([int(i) for i in batch.entry_ids])
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(db):
             rows = db.execute(
                 "SELECT kind, body, accepted_at FROM reports"
                 " WHERE seq IN (SELECT value FROM json_each(?)) ORDER BY seq",
@@ -374,10 +339,6 @@ class SqliteSpool:
             )
             db.execute("DELETE FROM reports WHERE seq IN (SELECT value FROM json_each(?))", (ids,))
             db.execute("DELETE FROM batches WHERE id = ?", (batch.id,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         self._count[batch.kind] -= len(rows)
         self._bytes -= sum(len(body) for _, body, _ in rows)
         return len(rows)
@@ -413,8 +374,7 @@ class SqliteSpool:
         params: tuple[Any, ...] = (
             () if ids is None else (orjson.dumps([int(i) for i in ids if i.isdigit()]),)
         )
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(db):
             rows = db.execute(
                 f"SELECT id, kind, body, accepted_at FROM dead_letters WHERE {selector}"  # noqa: S608 - fixed text
                 " ORDER BY id",
@@ -427,10 +387,6 @@ class SqliteSpool:
                 [(kind, body, accepted) for _, kind, body, accepted in rows],
             )
             db.executemany("DELETE FROM dead_letters WHERE id = ?", [(row[0],) for row in rows])
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         replayed: dict[str, int] = dict.fromkeys(KINDS, 0)
         for _, kind, body, _ in rows:
             self._count[kind] += 1
@@ -490,3 +446,28 @@ def _unlock(fd: int) -> None:
     with contextlib.suppress(OSError):
         fcntl.flock(fd, fcntl.LOCK_UN)
     os.close(fd)
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back on any exception (the connection runs in
+    autocommit mode, so transactions are explicit)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _insert_batch(db: sqlite3.Connection, batch: Batch) -> None:
+    """Record ``batch`` and point its reports at it."""
+    db.execute(
+        "INSERT INTO batches (id, kind, body) VALUES (?, ?, ?)",
+        (batch.id, batch.kind, batch.to_bytes()),
+    )
+    db.execute(
+        "UPDATE reports SET batch_id = ? WHERE seq IN (SELECT value FROM json_each(?))",
+        (batch.id, orjson.dumps([int(i) for i in batch.entry_ids])),
+    )
