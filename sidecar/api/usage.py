@@ -3,15 +3,25 @@ letters and the pipeline's stats."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from sidecar.api.errors import error_response
 from sidecar.api.http import SERVICES, json_response, read_json
-from sidecar.usage.model import KINDS, Kind, parse_event_request, parse_usage_request
+from sidecar.usage.model import (
+    KINDS,
+    EventReport,
+    Kind,
+    UsageReport,
+    parse_event_request,
+    parse_usage_request,
+)
 from sidecar.usage.service import UsageService, UsageUnavailable, acceptance
 from sidecar.validation import Fields, ValidationError, parse_number
+
+Report = TypeVar("Report", UsageReport, EventReport)
 
 MAX_DEAD_LETTERS_PAGE = 1000
 MAX_REPLAY_IDS = 10_000
@@ -36,28 +46,29 @@ def _answer(items: list[dict[str, Any]], batch: bool, name: str) -> web.Response
 
 async def report_usage(request: web.Request) -> web.Response:
     service = _usage(request)
-    reports, batch = parse_usage_request(
-        await read_json(request), max_reports=service.settings.max_reports_per_request
-    )
-    try:
-        stored = await service.accept_usages(reports)
-    except UsageUnavailable as exc:
-        return _unavailable(exc)
-    items = [acceptance(r, ok) for r, ok in zip(reports, stored, strict=True)]
-    return _answer(items, batch, "usages")
+    return await _accept(request, parse_usage_request, service.accept_usages, "usages")
 
 
 async def report_events(request: web.Request) -> web.Response:
     service = _usage(request)
-    events, batch = parse_event_request(
-        await read_json(request), max_reports=service.settings.max_reports_per_request
-    )
+    return await _accept(request, parse_event_request, service.accept_events, "events")
+
+
+async def _accept(
+    request: web.Request,
+    parse: Callable[..., tuple[Sequence[Report], bool]],
+    accept: Callable[[Sequence[Report]], Awaitable[list[bool]]],
+    name: str,
+) -> web.Response:
+    """Parse all, spool all (or none), answer 202 with one acceptance per report."""
+    max_reports = _usage(request).settings.max_reports_per_request
+    reports, batch = parse(await read_json(request), max_reports=max_reports)
     try:
-        stored = await service.accept_events(events)
+        stored = await accept(reports)
     except UsageUnavailable as exc:
         return _unavailable(exc)
-    items = [acceptance(e, ok) for e, ok in zip(events, stored, strict=True)]
-    return _answer(items, batch, "events")
+    items = [acceptance(r, ok) for r, ok in zip(reports, stored, strict=True)]
+    return _answer(items, batch, name)
 
 
 async def list_dead_letters(request: web.Request) -> web.Response:
