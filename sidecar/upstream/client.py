@@ -202,8 +202,12 @@ class StiggClient:
 
     async def _execute_once(self, operation: Operation, body: bytes) -> Any:
         name = operation.root_field
+        return _parse(await self._post(body, name), name)
+
+    async def _post(self, body: bytes, name: str) -> httpx.Response:
+        """One POST to Stigg; transport failures become typed errors."""
         try:
-            response = await self._http.post(self._url, content=body)
+            return await self._http.post(self._url, content=body)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise _NotDelivered(
                 f"cannot connect to Stigg ({type(exc).__name__})", operation=name
@@ -214,24 +218,15 @@ class StiggClient:
             raise UpstreamUnavailable(
                 f"request to Stigg failed ({type(exc).__name__})", operation=name
             ) from None
-        return _parse(response, name)
 
     async def forward(self, body: bytes) -> RawResponse:
-        return await self._guarded(self._forward_once(body), "graphql")
+        try:
+            return await self._guarded(self._forward_once(body), "graphql")
+        except UpstreamError as exc:
+            raise _public(exc) from None  # never retried, so "not delivered" is no news
 
     async def _forward_once(self, body: bytes) -> RawResponse:
-        try:
-            response = await self._http.post(self._url, content=body)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise UpstreamUnavailable(
-                f"cannot connect to Stigg ({type(exc).__name__})", operation="graphql"
-            ) from None
-        except httpx.TimeoutException:
-            raise UpstreamTimeout("Stigg did not answer in time", operation="graphql") from None
-        except httpx.HTTPError as exc:
-            raise UpstreamUnavailable(
-                f"request to Stigg failed ({type(exc).__name__})", operation="graphql"
-            ) from None
+        response = await self._post(body, "graphql")
         if response.status_code in (401, 403):
             raise UpstreamAuthError("Stigg rejected the sidecar's API key", operation="graphql")
         if response.status_code >= 500:
