@@ -28,9 +28,6 @@ class RedisBroadcast:
         self._reconnect_max = reconnect_max
         self.connected = asyncio.Event()
 
-    async def publish_invalidation(self, customer_id: str) -> None:
-        await self.publish({"type": "invalidate", "customerId": customer_id})
-
     async def publish(self, event: dict[str, Any]) -> None:
         await self._redis.publish(self.channel, orjson.dumps({**event, "origin": self.origin}))
 

@@ -45,8 +45,6 @@ RENDERED_ANSWERS = 20_000
 class Broadcast(Protocol):
     """Tells the other replicas what changed in this one's cache (Redis pub/sub)."""
 
-    async def publish_invalidation(self, customer_id: str) -> None: ...
-
     async def publish(self, event: dict[str, Any]) -> None: ...
 
 
@@ -337,11 +335,8 @@ class EntitlementService:
                 await self._l2.delete_customer(customer_id)
             except (RedisError, OSError) as exc:
                 self._l2_failed("delete", exc)
-        if broadcast and self._broadcast is not None:
-            try:
-                await self._broadcast.publish_invalidation(customer_id)
-            except (RedisError, OSError) as exc:
-                self._l2_failed("publish", exc)
+        if broadcast:
+            await self._publish_invalidation(customer_id)
         if refresh:
             for resource_id in resources or {None}:
                 self._spawn(self._quiet_refresh((customer_id, resource_id)))
@@ -374,11 +369,7 @@ class EntitlementService:
         self._changed(customer_id)
         state = EntitlementsState.from_stigg(customer_id, resource_id, raw, self._clock())
         await self._store((customer_id, resource_id), state)
-        if self._broadcast is not None:
-            try:
-                await self._broadcast.publish_invalidation(customer_id)
-            except (RedisError, OSError) as exc:
-                self._l2_failed("publish", exc)
+        await self._publish_invalidation(customer_id)
 
     async def apply_usage(
         self,
@@ -481,6 +472,9 @@ class EntitlementService:
         self.l1.set_nowait(
             (state.customer_id, state.resource_id), dataclasses.replace(entry, value=state)
         )
+
+    async def _publish_invalidation(self, customer_id: str) -> None:
+        await self._publish({"type": "invalidate", "customerId": customer_id})
 
     async def _publish(self, event: dict[str, Any]) -> None:
         if self._broadcast is None:
