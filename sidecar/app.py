@@ -42,6 +42,7 @@ from sidecar.entitlements.service import EntitlementService
 from sidecar.logs import register_secrets
 from sidecar.metrics import Metrics
 from sidecar.provisioning import ProvisioningService
+from sidecar.redis_namespace import RedisNamespace, connect
 from sidecar.upstream.client import StiggClient, Upstream
 from sidecar.upstream.documents import ENTITLEMENTS_STATE
 from sidecar.upstream.realtime import RealtimeListener
@@ -109,16 +110,10 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     """One Redis connection pool for the whole process."""
     url = app[SETTINGS].redis_url
     assert url is not None
-    client = redis.Redis.from_url(
-        url.reveal(), socket_connect_timeout=1.0, socket_timeout=2.0, health_check_interval=10
-    )
+    client = connect(url.reveal())
     app[REDIS] = client
     yield
     await client.aclose()
-
-
-def _key_prefix(settings: Settings) -> str:
-    return f"stigg-sidecar:{settings.cache.environment}"
 
 
 async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -126,8 +121,9 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     upstream = app[UPSTREAM]
     l2: RedisStore[EntitlementsState] | None = None
     broadcast: RedisBroadcast | None = None
+    namespace = RedisNamespace(settings.cache.environment)
     if REDIS in app:
-        prefix = _key_prefix(settings)
+        prefix = namespace.prefix
         l2 = RedisStore(app[REDIS], prefix, EntitlementsState.to_json, EntitlementsState.from_json)
         broadcast = app[BROADCAST] = RedisBroadcast(app[REDIS], prefix)
     entitlements = EntitlementService(
@@ -140,13 +136,15 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[SERVICES] = Services(
         entitlements=entitlements,
-        usage=UsageService.from_settings(upstream, settings, listener=entitlements),
+        usage=UsageService.from_settings(
+            upstream, settings, redis=app.get(REDIS), listener=entitlements
+        ),
         provisioning=ProvisioningService(upstream, entitlements),
         upstream=upstream,
     )
     app[METRICS].services = app[SERVICES]
     if REDIS in app:
-        use_redis_for_readiness(app, app[REDIS], _key_prefix(settings) + ":entitlements:")
+        use_redis_for_readiness(app, app[REDIS], namespace.key("entitlements") + ":")
     yield
     await entitlements.aclose()
 

@@ -373,7 +373,10 @@ class UsageSettings:
         metadata=_meta("SQLite spool fsync mode (FULL or NORMAL).", choices=("FULL", "NORMAL")),
     )
     redis_key_prefix: str = field(
-        default="stigg-sidecar", metadata=_meta("Prefix of the Redis spool's keys.")
+        default="",
+        metadata=_meta(
+            "Deprecated alias of cache.environment (the one namespace of every Redis key)."
+        ),
     )
     claim_idle_seconds: float = field(
         default=15.0,
@@ -550,6 +553,27 @@ def _check_ports(server: ServerSettings, mcp: McpSettings, management: Managemen
             raise ConfigError(f"management.port: must differ from mcp.port (both are {port})")
 
 
+# The old default of usage.redisKeyPrefix: says nothing about the environment.
+_OLD_SPOOL_PREFIX = "stigg-sidecar"
+
+
+def _one_namespace(
+    cache: CacheSettings, usage: UsageSettings, environment_given: bool
+) -> CacheSettings:
+    """cache.environment names every Redis key's namespace; the spool's old prefix setting is
+    honoured only where it does not contradict it (two namespaces would split the spool)."""
+    alias = usage.redis_key_prefix
+    if alias in ("", _OLD_SPOOL_PREFIX) or alias == cache.environment:
+        return cache
+    if environment_given:
+        raise ConfigError(
+            f"usage.redisKeyPrefix: deprecated alias of cache.environment, and {alias!r}"
+            f" disagrees with cache.environment {cache.environment!r}: keep cache.environment"
+            " and remove usage.redisKeyPrefix (SIDECAR_USAGE_REDIS_KEY_PREFIX)"
+        )
+    return dataclasses.replace(cache, environment=alias)
+
+
 def load_settings(
     config_file: Path | None = None,
     env: Mapping[str, str] | None = None,
@@ -590,10 +614,13 @@ def load_settings(
     management: ManagementSettings = sections["management"]
     _check_ports(server, mcp, management)
     data_dir = Path(env["SIDECAR_DATA_DIR"]) if env.get("SIDECAR_DATA_DIR") else None
+    environment_given = "SIDECAR_CACHE_ENVIRONMENT" in env or "environment" in (
+        raw.get("cache") or {}
+    )
     settings = Settings(
         server=server,
         stigg=stigg,
-        cache=sections["cache"],
+        cache=_one_namespace(sections["cache"], sections["usage"], environment_given),
         entitlements=sections["entitlements"],
         realtime=sections["realtime"],
         logging=sections["logging"],

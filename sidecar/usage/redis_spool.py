@@ -193,21 +193,21 @@ class RedisSpool:
 
     def __init__(
         self,
-        url: str,
+        client: redis.Redis,
         *,
         prefix: str,
         max_reports: int,
         max_bytes: int,
         dedupe_window_seconds: float,
         lease_seconds: float,
-        client: redis.Redis | None = None,
         consumer: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._url = url
-        self._client = client
-        self._owns_client = client is None
-        tag = "{" + prefix + "}"
+        """``prefix`` starts every key (``RedisNamespace.spool``: it carries the hash tag that
+        keeps the keys on one Cluster slot); ``client`` is the process's pool, not closed here."""
+        self._pool = client
+        self._client: redis.Redis | None = None  # set while open
+        tag = prefix
         self._stream = {kind: f"{tag}:spool:{kind}" for kind in KINDS}
         self._batches = {kind: f"{tag}:batches:{kind}" for kind in KINDS}
         self._dead = {kind: f"{tag}:dead:{kind}" for kind in KINDS}
@@ -237,13 +237,7 @@ class RedisSpool:
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def open(self) -> None:
-        if self._client is None:
-            self._client = redis.Redis.from_url(
-                self._url,
-                socket_timeout=5.0,
-                socket_connect_timeout=2.0,
-                health_check_interval=15,
-            )
+        self._client = self._pool
         for name, text in (
             ("append", _APPEND),
             ("record", _RECORD),
@@ -271,9 +265,7 @@ class RedisSpool:
                     raise
 
     async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None and self._owns_client:
-            await client.aclose()
+        self._client = None  # the pool is the process's: closed by its owner
 
     # --- append -------------------------------------------------------------------------------
 

@@ -16,11 +16,12 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from sidecar.config import Settings, UsageSettings
+from sidecar.redis_namespace import RedisNamespace
 from sidecar.upstream.client import Upstream
 from sidecar.usage.flusher import Flusher
 from sidecar.usage.listener import UsageListener
@@ -28,6 +29,9 @@ from sidecar.usage.model import KINDS, EventReport, Kind, UsageReport
 from sidecar.usage.spool import DeadLetter, NewReport, Spool, SpoolFull
 from sidecar.usage.sqlite_spool import SqliteSpool
 from sidecar.usage.stats import UsageStats
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +84,15 @@ class UsageService:
 
     @classmethod
     def from_settings(
-        cls, upstream: Upstream, settings: Settings, *, listener: UsageListener | None = None
+        cls,
+        upstream: Upstream,
+        settings: Settings,
+        *,
+        redis: Redis | None = None,
+        listener: UsageListener | None = None,
     ) -> UsageService:
-        """The spool the settings ask for: Redis with ``SIDECAR_REDIS_URL``, else SQLite."""
+        """The spool the settings ask for: Redis (the process's pool, ``redis``) with
+        ``SIDECAR_REDIS_URL``, else SQLite."""
         usage = settings.usage
         spool: Spool
         cleanup: list[Callable[[], None]] = []
@@ -90,9 +100,11 @@ class UsageService:
         if settings.redis_url is not None:
             from sidecar.usage.redis_spool import RedisSpool
 
+            if redis is None:
+                raise ValueError("a Redis spool needs the process's Redis pool")
             spool = redis_spool = RedisSpool(
-                settings.redis_url.reveal(),
-                prefix=usage.redis_key_prefix,
+                redis,
+                prefix=RedisNamespace(settings.cache.environment).spool,
                 max_reports=usage.spool_max_reports,
                 max_bytes=usage.spool_max_bytes,
                 dedupe_window_seconds=usage.dedupe_window_seconds,

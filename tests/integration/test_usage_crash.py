@@ -173,7 +173,7 @@ def test_kill_9_cycles_with_the_redis_spool(tmp_path: Path, redis_server: str) -
             emulator,
             tmp_path / "data",
             SIDECAR_REDIS_URL=redis_server,
-            SIDECAR_USAGE_REDIS_KEY_PREFIX=f"crash-{uuid.uuid4().hex[:8]}",
+            SIDECAR_CACHE_ENVIRONMENT=f"crash-{uuid.uuid4().hex[:8]}",
             SIDECAR_USAGE_CLAIM_IDLE_SECONDS="0.5",
             SIDECAR_USAGE_FLUSH_INTERVAL_SECONDS="0.05",
             SIDECAR_USAGE_CALLS_PER_MINUTE="6000",

@@ -52,7 +52,7 @@ def test_a_dead_replica_s_reports_are_claimed_and_delivered_by_the_other(
             emulator,
             tmp_path / "data",
             SIDECAR_REDIS_URL=redis_server,
-            SIDECAR_USAGE_REDIS_KEY_PREFIX=f"replicas-{uuid.uuid4().hex[:8]}",
+            SIDECAR_CACHE_ENVIRONMENT=f"replicas-{uuid.uuid4().hex[:8]}",
             SIDECAR_USAGE_CLAIM_IDLE_SECONDS="1",
             SIDECAR_USAGE_FLUSH_INTERVAL_SECONDS="0.05",
         )

@@ -160,3 +160,26 @@ def test_auth_token_from_environment_or_file(tmp_path: Path) -> None:
     assert settings.auth_token == Secret("tok-from-file")
     with pytest.raises(ConfigError, match=r"SIDECAR_AUTH_TOKEN: must not contain white space"):
         load_settings(env={**KEY, "SIDECAR_AUTH_TOKEN": "two words"})
+
+
+def test_the_old_spool_prefix_is_an_alias_of_cache_environment(tmp_path: Path) -> None:
+    alias = {**KEY, "SIDECAR_USAGE_REDIS_KEY_PREFIX": "staging"}
+    assert load_settings(env=alias).cache.environment == "staging"
+    same = {**alias, "SIDECAR_CACHE_ENVIRONMENT": "staging"}
+    assert load_settings(env=same).cache.environment == "staging"
+    # The old default says nothing about the environment.
+    config = write(tmp_path, "usage:\n  redisKeyPrefix: stigg-sidecar\n")
+    assert load_settings(config, KEY).cache.environment == "default"
+
+
+def test_an_old_spool_prefix_that_disagrees_with_the_environment_stops_startup(
+    tmp_path: Path,
+) -> None:
+    config = write(tmp_path, "cache:\n  environment: production\n")
+    env = {**KEY, "SIDECAR_USAGE_REDIS_KEY_PREFIX": "staging"}
+    with pytest.raises(ConfigError) as raised:
+        load_settings(config, env)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith("usage.redisKeyPrefix: deprecated alias of cache.environment")
+    assert "keep cache.environment and remove usage.redisKeyPrefix" in message

@@ -35,13 +35,12 @@ async def make_spool(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
             )
         else:
             spool = RedisSpool(
-                "redis://unused",
+                fakeredis.FakeAsyncRedis(server=server),
                 prefix=store,
                 max_reports=max_reports,
                 max_bytes=max_bytes,
                 dedupe_window_seconds=60,
                 lease_seconds=5,
-                client=fakeredis.FakeAsyncRedis(server=server),
             )
         await spool.open()
         opened.append(spool)
@@ -213,13 +212,12 @@ async def test_redis_lease_fences_a_replica_that_lost_it() -> None:
 
     def spool(name: str) -> RedisSpool:
         return RedisSpool(
-            "redis://unused",
+            fakeredis.FakeAsyncRedis(server=server),
             prefix="fence",
             max_reports=100,
             max_bytes=10**6,
             dedupe_window_seconds=60,
             lease_seconds=5,
-            client=fakeredis.FakeAsyncRedis(server=server),
             consumer=name,
             clock=lambda: clock[0],
         )
@@ -233,7 +231,7 @@ async def test_redis_lease_fences_a_replica_that_lost_it() -> None:
         await a.append("usage", [report(n) for n in range(6)], 0.0)
         held = await a.fetch("usage", 3, restart=True)  # read by a, never batched
         # a stalls past its lease; b takes over and claims what a had read, oldest first.
-        await a.redis.delete("{fence}:lease")
+        await a.redis.delete("fence:lease")
         assert await b.acquire()
         claimed: list[int] = []
         b.on_claimed = lambda kind, count: claimed.append(count)
