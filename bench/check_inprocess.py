@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from sidecar.cache.memory import MemoryStore
+from sidecar.cache.tiered import TieredCache
 from sidecar.config import Settings
 from sidecar.entitlements.model import CheckRequest, EntitlementsState, evaluate
 from sidecar.entitlements.service import EntitlementService
@@ -74,7 +75,7 @@ async def evaluation_rate(seconds: float) -> tuple[float, float]:
         Upstream(payload),
         settings.cache,
         settings.entitlements,
-        l1=MemoryStore(10**8, EntitlementsState.approx_bytes),
+        store=TieredCache(MemoryStore(10**8, EntitlementsState.approx_bytes)),
     )
     request = CheckRequest("customer-1", "feature-00", requested_usage=1.0)
     await service.check(request)

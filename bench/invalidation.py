@@ -19,8 +19,7 @@ from dataclasses import replace
 from aiohttp.test_utils import TestClient, TestServer
 
 from bench._util import API_KEY, free_port, percentile
-from sidecar.api.http import SERVICES
-from sidecar.app import BROADCAST, create_app
+from sidecar.app import REPLICATION, create_app
 from sidecar.config import (
     CacheSettings,
     ManagementSettings,
@@ -30,6 +29,7 @@ from sidecar.config import (
     StiggSettings,
 )
 from sidecar.emulator import EmulatorServer, load_catalog
+from sidecar.services import SERVICES
 
 
 async def run(samples: int, redis_url: str) -> list[float]:
@@ -53,7 +53,7 @@ async def run(samples: int, redis_url: str) -> list[float]:
     latencies = []
     try:
         for replica in (a, b):
-            await asyncio.wait_for(replica.app[BROADCAST].connected.wait(), 5)
+            await asyncio.wait_for(replica.app[REPLICATION].connected.wait(), 5)
         path = "/v1/entitlements?customerId=customer-demo&featureId=feature-sso"
         memory = b.app[SERVICES].entitlements.l1
         for _ in range(samples):

@@ -20,6 +20,7 @@ import httpx
 
 from bench._util import API_KEY, emulator, percentile, pinned, sidecar
 from sidecar.cache.memory import MemoryStore
+from sidecar.cache.tiered import TieredCache
 from sidecar.config import Secret, Settings, StiggSettings
 from sidecar.entitlements.model import CheckRequest, EntitlementsState
 from sidecar.entitlements.service import EntitlementService
@@ -40,7 +41,7 @@ async def in_process(base: str) -> list[float]:
         client,
         settings.cache,
         settings.entitlements,
-        l1=MemoryStore(10**8, EntitlementsState.approx_bytes),
+        store=TieredCache(MemoryStore(10**8, EntitlementsState.approx_bytes)),
     )
     request = CheckRequest("customer-demo", "feature-api-calls")
     # The emulator's first answer to a document is slow (graphql-core warms up): not measured.

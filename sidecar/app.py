@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
@@ -19,7 +20,6 @@ from aiohttp import web
 
 from sidecar.api.errors import error_middleware
 from sidecar.api.graphql import graphql_passthrough
-from sidecar.api.http import SERVICES, SETTINGS, Services
 from sidecar.api.management import (
     MANAGEMENT,
     METRICS,
@@ -33,9 +33,10 @@ from sidecar.api.openapi import openapi_document
 from sidecar.api.rest import routes
 from sidecar.api.usage import usage_routes
 from sidecar.api.webhooks import webhook_routes
-from sidecar.cache.broadcast import RedisBroadcast
 from sidecar.cache.memory import MemoryStore
 from sidecar.cache.redis_store import RedisStore
+from sidecar.cache.replication import Replication
+from sidecar.cache.tiered import RedisFaults, TieredCache
 from sidecar.config import Secret, Settings
 from sidecar.entitlements.model import EntitlementsState
 from sidecar.entitlements.service import EntitlementService
@@ -43,6 +44,7 @@ from sidecar.logs import register_secrets
 from sidecar.metrics import Metrics
 from sidecar.provisioning import ProvisioningService
 from sidecar.redis_namespace import RedisNamespace, connect
+from sidecar.services import SERVICES, SETTINGS, Services
 from sidecar.upstream.client import StiggClient, Upstream
 from sidecar.upstream.documents import ENTITLEMENTS_STATE
 from sidecar.upstream.realtime import RealtimeListener
@@ -54,7 +56,7 @@ UPSTREAM = web.AppKey("upstream", Upstream)
 # The Stigg URL and key in use (with --local: the embedded emulator's), for the realtime link.
 STIGG_LINK = web.AppKey("stigg_link", tuple)
 REDIS = web.AppKey("redis", redis.Redis)
-BROADCAST = web.AppKey("broadcast", RedisBroadcast)
+REPLICATION = web.AppKey("replication", Replication)
 
 
 def _upstream_ctx(
@@ -116,24 +118,31 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     await client.aclose()
 
 
-async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
+async def _services_ctx(app: web.Application, *, realtime_link: bool) -> AsyncIterator[None]:
+    """The services, each built with its collaborators; ``realtime_link``: listen to Stigg's
+    realtime updates (not against a given upstream: it has no websocket)."""
     settings = app[SETTINGS]
     upstream = app[UPSTREAM]
-    l2: RedisStore[EntitlementsState] | None = None
-    broadcast: RedisBroadcast | None = None
     namespace = RedisNamespace(settings.cache.environment)
+    faults = RedisFaults()
+    l1 = MemoryStore(settings.cache.memory_budget_bytes, EntitlementsState.approx_bytes)
+    l2: RedisStore[EntitlementsState] | None = None
+    replication: Replication | None = None
     if REDIS in app:
         prefix = namespace.prefix
         l2 = RedisStore(app[REDIS], prefix, EntitlementsState.to_json, EntitlementsState.from_json)
-        broadcast = app[BROADCAST] = RedisBroadcast(app[REDIS], prefix)
+        replication = app[REPLICATION] = Replication(app[REDIS], prefix, faults)
     entitlements = EntitlementService(
         upstream,
         settings.cache,
         settings.entitlements,
-        l1=MemoryStore(settings.cache.memory_budget_bytes, EntitlementsState.approx_bytes),
-        l2=l2,
-        broadcast=broadcast,
+        store=TieredCache(l1, l2, faults),
+        replication=replication,
     )
+    realtime: RealtimeListener | None = None
+    if realtime_link:
+        url, api_key = app[STIGG_LINK]
+        realtime = RealtimeListener(url, api_key, settings.realtime, entitlements)
     app[SERVICES] = Services(
         entitlements=entitlements,
         usage=UsageService.from_settings(
@@ -141,8 +150,8 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         ),
         provisioning=ProvisioningService(upstream, entitlements),
         upstream=upstream,
+        realtime=realtime,
     )
-    app[METRICS].services = app[SERVICES]
     if REDIS in app:
         use_redis_for_readiness(app, app[REDIS], namespace.key("entitlements") + ":")
     yield
@@ -174,38 +183,19 @@ async def _run_in_background(name: str, coroutine: Any) -> AsyncIterator[None]:
         await task
 
 
-async def _broadcast_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Apply other replicas' invalidations to this replica's L1."""
-    entitlements = app[SERVICES].entitlements
-
-    async def on_event(event: dict[str, Any]) -> None:
-        kind = event.get("type")
-        try:
-            if kind == "invalidate":
-                entitlements.drop_local(str(event["customerId"]))
-            elif kind == "usage":
-                entitlements.apply_reports(event["changes"])
-            elif kind == "usage_confirmed":
-                entitlements.apply_confirmed(event["measurements"])
-            elif kind == "resync":
-                entitlements.drop_all_local()
-        except (KeyError, TypeError, ValueError) as exc:
-            log.warning("ignoring a malformed %s event from another replica: %r", kind, exc)
-
-    async for _ in _run_in_background("broadcast", app[BROADCAST].listen(on_event)):
+async def _replication_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Apply other replicas' changes to this replica's L1."""
+    run = app[REPLICATION].run(app[SERVICES].entitlements)
+    async for _ in _run_in_background("replication", run):
         yield
 
 
 async def _realtime_ctx(app: web.Application) -> AsyncIterator[None]:
-    url, api_key = app[STIGG_LINK]
-    listener = RealtimeListener(url, api_key, app[SETTINGS].realtime, app[SERVICES].entitlements)
-    app[REALTIME] = listener
-    app[METRICS].realtime = listener
+    """Keep the cache current from Stigg's realtime link."""
+    listener = app[SERVICES].realtime
+    assert listener is not None
     async for _ in _run_in_background("realtime", listener.run()):
         yield
-
-
-REALTIME = web.AppKey("realtime", RealtimeListener)
 
 
 async def _openapi(request: web.Request) -> web.Response:
@@ -217,12 +207,12 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> web.A
     register_secrets(
         settings.api_key, settings.webhook_secret, settings.auth_token, settings.redis_url
     )
-    metrics = Metrics()
-    middlewares = [observe_middleware(metrics, access_log=settings.logging.access_log)]
+    app = web.Application(client_max_size=settings.server.max_body_bytes)
+    metrics = Metrics(lambda: app.get(SERVICES))
+    app.middlewares.append(observe_middleware(metrics, access_log=settings.logging.access_log))
     if settings.auth_token is not None:
-        middlewares.append(bearer_middleware(settings.auth_token))
-    middlewares.append(error_middleware(settings.server.max_body_bytes))
-    app = web.Application(client_max_size=settings.server.max_body_bytes, middlewares=middlewares)
+        app.middlewares.append(bearer_middleware(settings.auth_token))
+    app.middlewares.append(error_middleware(settings.server.max_body_bytes))
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[MANAGEMENT] = Management()
@@ -233,12 +223,13 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> web.A
     app.cleanup_ctx.append(_upstream_ctx(upstream))
     if settings.redis_url is not None:
         app.cleanup_ctx.append(_redis_ctx)
-    app.cleanup_ctx.append(_services_ctx)
+    realtime_link = settings.realtime.enabled and upstream is None
+    app.cleanup_ctx.append(functools.partial(_services_ctx, realtime_link=realtime_link))
     app.cleanup_ctx.append(_usage_ctx)
     app.on_shutdown.append(_stop_accepting_usage)
     if settings.redis_url is not None:
-        app.cleanup_ctx.append(_broadcast_ctx)
-    if settings.realtime.enabled and upstream is None:
+        app.cleanup_ctx.append(_replication_ctx)
+    if realtime_link:
         app.cleanup_ctx.append(_realtime_ctx)
     if settings.mcp.enabled:
         # Imported only when enabled: the MCP SDK takes about two seconds to import.

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import platform
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +41,7 @@ from sidecar.usage.model import KINDS
 from sidecar.usage.stats import Histogram as StatsHistogram
 
 if TYPE_CHECKING:
-    from sidecar.api.http import Services
+    from sidecar.services import Services
     from sidecar.upstream.realtime import RealtimeListener
     from sidecar.usage.spool import Depth
 
@@ -118,10 +118,10 @@ class _Scraped:
 class Metrics:
     """One app's metrics; ``registry`` is what ``/metrics`` exposes."""
 
-    def __init__(self) -> None:
+    def __init__(self, services: Callable[[], Services | None]) -> None:
+        """``services`` finds the app's services (None until they are built)."""
         self.registry = CollectorRegistry(auto_describe=True)
-        self.services: Services | None = None
-        self.realtime: RealtimeListener | None = None
+        self.services = services
         self._scraped = _Scraped()
         self.http_requests = Counter(
             f"{PREFIX}_http_requests",
@@ -190,7 +190,7 @@ class Metrics:
 
     async def render(self) -> bytes:
         """The text exposition; reads the spool's depth first (bounded, even with Redis down)."""
-        services = self.services
+        services = self.services()
         self._scraped.depth = None
         if services is not None:
             try:
@@ -230,12 +230,12 @@ class _StateCollector(Collector):
         return []  # names are only known once collected; skip the registry's duplicate check
 
     def collect(self) -> Iterator[Metric]:
-        services = self._metrics.services
+        services = self._metrics.services()
         if services is not None:
             yield from self._entitlements(services)
             yield from self._usage(services)
             yield from self._breaker(services)
-        yield from self._realtime(self._metrics.realtime)
+        yield from self._realtime(services.realtime if services is not None else None)
 
     def _entitlements(self, services: Services) -> Iterator[Metric]:
         entitlements = services.entitlements
@@ -266,7 +266,7 @@ class _StateCollector(Collector):
         failures.add_metric([], stats.fetch_failures)
         yield failures
         l2_errors = _counter("cache_l2_errors", "Redis (L2) cache operations that failed.")
-        l2_errors.add_metric([], stats.l2_errors)
+        l2_errors.add_metric([], entitlements.store.faults.count)
         yield l2_errors
         entries = _gauge("cache_entries", "Entitlement states cached, by level.", ["level"])
         entries.add_metric(["l1"], len(entitlements.l1))
@@ -276,14 +276,14 @@ class _StateCollector(Collector):
         yield size
 
     def _breaker(self, services: Services) -> Iterator[Metric]:
-        breaker = getattr(services.upstream, "breaker", None)
+        health = services.upstream.health()
         state = _gauge(
             "circuit_breaker_state",
             "Circuit breaker to Stigg: 0 closed, 1 open (failing fast), 2 half-open (probing).",
         )
-        state.add_metric([], 0 if breaker is None else breaker.state.value)
+        state.add_metric([], health.breaker.value)
         yield state
-        last = getattr(services.upstream, "last_answer_at", None)
+        last = health.last_answer_at
         age = _gauge(
             "upstream_last_answer_age_seconds",
             "Seconds since Stigg last answered (absent until it has answered once).",

@@ -5,8 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from sidecar.api.errors import ApiError
-from sidecar.api.http import SERVICES, read_json
+from sidecar.api.http import read_json
 from sidecar.api.mentions import mutated_customers
+from sidecar.services import SERVICES
 
 
 async def graphql_passthrough(request: web.Request) -> web.Response:

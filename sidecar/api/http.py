@@ -1,33 +1,13 @@
-"""What every route shares: the services they call, JSON in and out."""
+"""What every route shares: JSON in and out."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from sidecar.api.errors import ApiError
-from sidecar.config import Settings
-from sidecar.entitlements.service import EntitlementService
-from sidecar.provisioning import ProvisioningService
-from sidecar.upstream.client import Upstream
-from sidecar.usage.service import UsageService
-
-
-@dataclass(frozen=True)
-class Services:
-    """What the routes call; built once the upstream is ready (see ``app.py``)."""
-
-    entitlements: EntitlementService
-    usage: UsageService
-    provisioning: ProvisioningService
-    upstream: Upstream
-
-
-SERVICES = web.AppKey("services", Services)
-SETTINGS = web.AppKey("settings", Settings)
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:

@@ -21,9 +21,10 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from sidecar.api.errors import error_middleware
-from sidecar.api.http import SERVICES, SETTINGS, json_response
+from sidecar.api.http import json_response
 from sidecar.config import StartupError
 from sidecar.metrics import CONTENT_TYPE, Metrics
+from sidecar.services import SERVICES, SETTINGS
 from sidecar.upstream.client import Upstream
 from sidecar.upstream.documents import ENTITLEMENTS_STATE
 from sidecar.upstream.errors import UpstreamError
@@ -86,12 +87,11 @@ async def readiness(app: web.Application) -> tuple[bool, dict[str, Any]]:
     if state.ready_since is not None:
         return True, {"since": state.ready_since, "reasons": state.reasons}
     entitlements = services.entitlements
-    # An upstream without the attribute is a test double that is always there.
-    answered_at = getattr(services.upstream, "last_answer_at", 0.0)
+    answered_at = services.upstream.health().last_answer_at
     if answered_at is None:
         # An unready pod gets no traffic, so no check would ever reach Stigg: ask it now.
         await _probe_upstream(services.upstream)
-        answered_at = getattr(services.upstream, "last_answer_at", 0.0)
+        answered_at = services.upstream.health().last_answer_at
     reasons: dict[str, Any] = {
         "upstreamAnswered": answered_at is not None,
         "cachedStates": len(entitlements.l1),

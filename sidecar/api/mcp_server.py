@@ -32,9 +32,9 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import Receive, Scope, Send
 
 from sidecar import __version__
-from sidecar.api.http import Services
 from sidecar.api.mcp_tools import TOOLS, call_tool
 from sidecar.config import McpSettings, Secret, Settings, StartupError
+from sidecar.services import Services
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,6 @@ import mcp.types as types
 import orjson
 
 from sidecar.api.errors import ApiError, describe_upstream_error
-from sidecar.api.http import Services
 from sidecar.api.rest import MAX_REQUESTED_VALUES
 from sidecar.entitlements.model import CheckRequest
 from sidecar.provisioning import (
@@ -27,6 +26,7 @@ from sidecar.provisioning import (
     provision_customer_input,
     provision_subscription_input,
 )
+from sidecar.services import Services
 from sidecar.upstream.errors import UpstreamError
 from sidecar.usage.model import UPDATE_BEHAVIORS, parse_usage
 from sidecar.validation import MAX_ID_LENGTH, Fields, ValidationError

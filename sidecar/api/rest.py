@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from sidecar.api.http import SERVICES, Services, json_response, read_json
+from sidecar.api.http import json_response, read_json
 from sidecar.config import FeatureFallback
 from sidecar.entitlements.model import CheckRequest
 from sidecar.provisioning import (
@@ -12,6 +12,7 @@ from sidecar.provisioning import (
     provision_customer_input,
     provision_subscription_input,
 )
+from sidecar.services import SERVICES, Services
 from sidecar.validation import ValidationError, check_identifier, parse_number
 
 MAX_REQUESTED_VALUES = 100

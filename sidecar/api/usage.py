@@ -9,7 +9,8 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from sidecar.api.errors import error_response
-from sidecar.api.http import SERVICES, json_response, read_json
+from sidecar.api.http import json_response, read_json
+from sidecar.services import SERVICES
 from sidecar.usage.model import (
     KINDS,
     EventReport,

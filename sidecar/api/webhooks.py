@@ -9,8 +9,9 @@ from aiohttp import web
 from cachetools import TTLCache
 
 from sidecar.api.errors import ApiError
-from sidecar.api.http import SERVICES, SETTINGS, json_response, read_json
+from sidecar.api.http import json_response, read_json
 from sidecar.api.mentions import customer_ids
+from sidecar.services import SERVICES, SETTINGS
 
 log = logging.getLogger(__name__)
 

@@ -45,3 +45,37 @@ class CacheStore(Protocol[V]):
     async def delete_customer(self, customer_id: str) -> None:
         """Forget every key of ``customer_id`` (all resources)."""
         ...
+
+
+class LocalStore(CacheStore[V], Protocol[V]):
+    """A store in this process (L1): synchronous access for the hot path, and an index of
+    each customer's resources so a customer is dropped without a scan."""
+
+    def get_nowait(self, key: CacheKey) -> CacheEntry[V] | None:
+        """``get`` without an await: the hot path's lookup."""
+        ...
+
+    def set_nowait(self, key: CacheKey, entry: CacheEntry[V]) -> None:
+        """``set`` without an await."""
+        ...
+
+    def delete_nowait(self, key: CacheKey) -> None:
+        """``delete`` without an await."""
+        ...
+
+    def resources_of(self, customer_id: str) -> frozenset[str | None]:
+        """The resource ids (None: no resource) held for ``customer_id``."""
+        ...
+
+    def clear(self) -> None:
+        """Forget everything."""
+        ...
+
+    def __len__(self) -> int:
+        """Entries held."""
+        ...
+
+    @property
+    def bytes_used(self) -> float:
+        """Approximate bytes held."""
+        ...

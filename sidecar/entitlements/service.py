@@ -10,16 +10,16 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 from cachetools import LRUCache
-from redis.exceptions import RedisError
 
-from sidecar.cache.memory import MemoryStore
-from sidecar.cache.store import CacheEntry, CacheKey, CacheStore
+from sidecar.cache.replication import Invalidate, Replication, UsageConfirmed, UsageCounted
+from sidecar.cache.store import CacheEntry, CacheKey, LocalStore
+from sidecar.cache.tiered import TieredCache
 from sidecar.config import CacheSettings, EntitlementSettings, FeatureFallback
 from sidecar.entitlements.fallback import fallback_answer
 from sidecar.entitlements.model import (
@@ -28,24 +28,16 @@ from sidecar.entitlements.model import (
     EntitlementsState,
     FeatureEntitlement,
     evaluate,
-    parse_timestamp,
 )
+from sidecar.updates import UsageChange, UsageFigure, UsageUpdate
 from sidecar.upstream import documents
 from sidecar.upstream.client import Upstream
 from sidecar.upstream.errors import UpstreamError
-from sidecar.usage.model import UsageReport
 
 log = logging.getLogger(__name__)
 
-State = EntitlementsState
 # Rendered answers kept for the hottest checks (about 0.5 KiB each: ~10 MiB at most).
 RENDERED_ANSWERS = 20_000
-
-
-class Broadcast(Protocol):
-    """Tells the other replicas what changed in this one's cache (Redis pub/sub)."""
-
-    async def publish(self, event: dict[str, Any]) -> None: ...
 
 
 # hit: answered from the cache (L1 or L2) without waiting; miss: waited for Stigg;
@@ -69,7 +61,6 @@ class CheckStats:
     denied: int = 0
     fetches: int = 0
     fetch_failures: int = 0
-    l2_errors: int = 0
     by_result: dict[tuple[str, str], int] = field(
         default_factory=lambda: {(r, d): 0 for r in CHECK_RESULTS for d in CHECK_DECISIONS}
     )
@@ -85,19 +76,17 @@ class EntitlementService:
         cache: CacheSettings,
         settings: EntitlementSettings,
         *,
-        l1: MemoryStore[State],
-        l2: CacheStore[State] | None = None,
-        broadcast: Broadcast | None = None,
+        store: TieredCache[EntitlementsState],
+        replication: Replication | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._upstream = upstream
         self._cache = cache
         self._settings = settings
-        self.l1 = l1
-        self._l2 = l2
-        self._broadcast = broadcast
+        self.store = store
+        self._replication = replication
         self._clock = clock
-        self._inflight: dict[CacheKey, asyncio.Task[State]] = {}
+        self._inflight: dict[CacheKey, asyncio.Task[EntitlementsState]] = {}
         # Bumped when a customer changes while a fetch for it is in flight, so that fetch
         # (which may carry the state from before the change) is not stored. Only customers
         # with fetches in flight have an entry.
@@ -119,7 +108,7 @@ class EntitlementService:
         """One feature's answer; never raises for Stigg failures (the fallback chain answers)."""
         key = (request.customer_id, request.resource_id)
         now = self._clock()
-        entry = self.l1.get_nowait(key)
+        entry = self.store.get_nowait(key)
         if entry is not None and entry.is_fresh(now):
             self._hit(key, entry, now)
             return self._count(evaluate(entry.value, request, now), "hit")
@@ -139,7 +128,7 @@ class EntitlementService:
         key = (request.customer_id, request.resource_id)
         if request.requested_usage is None and request.requested_values is None:
             now = self._clock()
-            entry = self.l1.get_nowait(key)
+            entry = self.store.get_nowait(key)
             if entry is not None and entry.is_fresh(now):
                 self._hit(key, entry, now)
                 render_key = (*key, request.feature_id)
@@ -153,7 +142,12 @@ class EntitlementService:
                 return rendered[1]
         return orjson.dumps(await self.check(request))
 
-    def _hit(self, key: CacheKey, entry: CacheEntry[State], now: float) -> None:
+    @property
+    def l1(self) -> LocalStore[EntitlementsState]:
+        """This replica's memory cache (its size is a metric and a readiness reason)."""
+        return self.store.l1
+
+    def _hit(self, key: CacheKey, entry: CacheEntry[EntitlementsState], now: float) -> None:
         self.stats.hits += 1
         refresh_due = entry.fresh_until - now < self._cache.refresh_ahead_seconds
         if refresh_due and _servable_when_stale(entry):  # not for "customer not found"
@@ -163,7 +157,7 @@ class EntitlementService:
         """All of the customer's entitlements (config fallbacks when nothing else can answer)."""
         key = (customer_id, resource_id)
         now = self._clock()
-        entry = self.l1.get_nowait(key)
+        entry = self.store.get_nowait(key)
         if entry is not None and entry.is_fresh(now):
             return _listing(entry.value, resource_id, now, "cache")
         fetched, source, stale = await self._resolve(key, entry)
@@ -193,16 +187,14 @@ class EntitlementService:
             stats.by_result[result, "denied"] += 1
 
     async def _resolve(
-        self, key: CacheKey, entry: CacheEntry[State] | None
-    ) -> tuple[State | None, str, State | None]:
+        self, key: CacheKey, entry: CacheEntry[EntitlementsState] | None
+    ) -> tuple[EntitlementsState | None, str, EntitlementsState | None]:
         """(fresh state, its source, usable stale state) after L2 and Stigg were asked."""
-        if entry is None and self._l2 is not None:
-            entry = await self._l2_get(key)
-            if entry is not None:
-                self.l1.set_nowait(key, entry)
-                if entry.is_fresh(self._clock()):
-                    self.stats.l2_hits += 1
-                    return entry.value, "cache", None
+        if entry is None:
+            entry = await self.store.get_shared(key)
+            if entry is not None and entry.is_fresh(self._clock()):
+                self.stats.l2_hits += 1
+                return entry.value, "cache", None
         stale = entry.value if entry is not None and _servable_when_stale(entry) else None
         fetch = self._fetch(key)
         if stale is not None and self._upstream_slow:
@@ -246,7 +238,7 @@ class EntitlementService:
 
     # --- fetching ------------------------------------------------------------------------
 
-    def _fetch(self, key: CacheKey) -> asyncio.Task[State]:
+    def _fetch(self, key: CacheKey) -> asyncio.Task[EntitlementsState]:
         """The one in-flight fetch for ``key`` (single-flight: concurrent misses share it)."""
         task = self._inflight.get(key)
         if task is None:
@@ -255,7 +247,7 @@ class EntitlementService:
             task.add_done_callback(lambda done: self._fetched(key, done))
         return task
 
-    def _fetched(self, key: CacheKey, task: asyncio.Task[State]) -> None:
+    def _fetched(self, key: CacheKey, task: asyncio.Task[EntitlementsState]) -> None:
         if self._inflight.get(key) is task:
             del self._inflight[key]
         if not any(k[0] == key[0] for k in self._inflight):
@@ -267,7 +259,7 @@ class EntitlementService:
         if key not in self._inflight:
             self._fetch(key)
 
-    async def _load(self, key: CacheKey) -> State:
+    async def _load(self, key: CacheKey) -> EntitlementsState:
         customer_id, resource_id = key
         generation = self._generation.get(customer_id, 0)
         query: dict[str, Any] = {"customerId": customer_id}
@@ -281,7 +273,7 @@ class EntitlementService:
             await self._store(key, state)
         return state
 
-    def _entry(self, state: State) -> CacheEntry[State]:
+    def _entry(self, state: EntitlementsState) -> CacheEntry[EntitlementsState]:
         now = state.fetched_at
         if state.access_denied_reason == CUSTOMER_NOT_FOUND:
             # Briefly, and never served stale: the customer may be created any moment.
@@ -296,26 +288,8 @@ class EntitlementService:
         stale_until = max(fresh_until, now + self._cache.max_stale_seconds)
         return CacheEntry(state, fresh_until, stale_until)
 
-    async def _store(self, key: CacheKey, state: State) -> None:
-        entry = self._entry(state)
-        self.l1.set_nowait(key, entry)
-        if self._l2 is not None:
-            try:
-                await self._l2.set(key, entry)
-            except (RedisError, OSError) as exc:
-                self._l2_failed("write", exc)
-
-    async def _l2_get(self, key: CacheKey) -> CacheEntry[State] | None:
-        assert self._l2 is not None
-        try:
-            return await self._l2.get(key)
-        except (RedisError, OSError) as exc:
-            self._l2_failed("read", exc)
-            return None
-
-    def _l2_failed(self, what: str, exc: BaseException) -> None:
-        self.stats.l2_errors += 1
-        log.warning("redis cache %s failed (%s); answering from memory and Stigg", what, exc)
+    async def _store(self, key: CacheKey, state: EntitlementsState) -> None:
+        await self.store.set(key, self._entry(state))
 
     # --- invalidation and updates --------------------------------------------------------
 
@@ -328,15 +302,10 @@ class EntitlementService:
     ) -> None:
         """Drop the customer's state everywhere (all resources) and, if asked, refetch it."""
         self._changed(customer_id)
-        resources = self._cached_resources(customer_id)
-        await self.l1.delete_customer(customer_id)
-        if self._l2 is not None:
-            try:
-                await self._l2.delete_customer(customer_id)
-            except (RedisError, OSError) as exc:
-                self._l2_failed("delete", exc)
+        resources = self.store.resources_of(customer_id)
+        await self.store.delete_customer(customer_id)
         if broadcast:
-            await self._publish_invalidation(customer_id)
+            await self._publish(Invalidate(customer_id))
         if refresh:
             for resource_id in resources or {None}:
                 self._spawn(self._quiet_refresh((customer_id, resource_id)))
@@ -344,17 +313,13 @@ class EntitlementService:
     def drop_local(self, customer_id: str) -> None:
         """Another replica changed this customer: forget our L1 copy (L2 has the new one)."""
         self._changed(customer_id)
-        for resource_id in self._cached_resources(customer_id):
-            self.l1.delete_nowait((customer_id, resource_id))
+        self.store.drop_local(customer_id)
 
     def drop_all_local(self) -> None:
         """Forget all of L1 (after missed cross-replica events; L2 still has the state)."""
         for customer_id in {key[0] for key in self._inflight}:
             self._changed(customer_id)
-        self.l1.clear()
-
-    def _cached_resources(self, customer_id: str) -> set[str | None]:
-        return set(self.l1.resources_of(customer_id))
+        self.store.clear_local()
 
     async def _quiet_refresh(self, key: CacheKey) -> None:
         try:
@@ -369,120 +334,82 @@ class EntitlementService:
         self._changed(customer_id)
         state = EntitlementsState.from_stigg(customer_id, resource_id, raw, self._clock())
         await self._store((customer_id, resource_id), state)
-        await self._publish_invalidation(customer_id)
+        await self._publish(Invalidate(customer_id))
 
-    async def apply_usage(
-        self,
-        customer_id: str,
-        resource_id: str | None,
-        feature_id: str,
-        current_usage: float,
-        **period: float | None,
-    ) -> bool:
-        """Stigg's usage for one feature (pushed, or answered to a delivered batch);
-        False when nothing was cached."""
-        return self._reconcile(
-            customer_id, resource_id, feature_id, current_usage, period, keep_higher=False
-        )
+    # --- usage ---------------------------------------------------------------------------
 
-    # --- optimistic usage (UsageListener) ------------------------------------------------
+    async def apply_usage(self, updates: Iterable[UsageUpdate], *, publish: bool = True) -> int:
+        """Count usage in the cached state: reports just accepted (``UsageChange``) and
+        Stigg's own figures (``UsageFigure``); with ``publish``, every replica counts them too.
+        A check right after a report sees it without waiting for the flush to Stigg.
+        Returns how many updates found their feature cached."""
+        changes: list[UsageChange] = []
+        figures: list[UsageFigure] = []
+        applied = 0
+        for update in updates:
+            if isinstance(update, UsageChange):
+                changes.append(update)
+                applied += self._count_change(update)
+            else:
+                figures.append(update)
+                applied += self._reconcile(update)
+        if publish and changes:
+            await self._publish(UsageCounted(tuple(changes)))
+        if publish and figures:
+            await self._publish(UsageConfirmed(tuple(figures)))
+        return applied
 
-    async def usage_accepted(self, reports: Sequence[UsageReport]) -> None:
-        """Count just-accepted reports at once, here and (via Redis) on every replica, so a
-        check right after a report sees it without waiting for the flush to Stigg."""
-        changes = [
-            [r.customer_id, r.resource_id, r.feature_id, r.update_behavior, r.value]
-            for r in reports
-        ]
-        self.apply_reports(changes)
-        await self._publish({"type": "usage", "changes": changes})
+    def _count_change(self, change: UsageChange) -> bool:
+        found = self._cached_entitlement(change.customer_id, change.resource_id, change.feature_id)
+        if found is None or not found[1].is_metered:
+            return False
+        entry, old = found
+        value = change.value
+        usage = value if change.behavior == "SET" else (old.current_usage or 0.0) + value
+        self._put(entry, dataclasses.replace(old, current_usage=usage))
+        return True
 
-    async def usage_confirmed(self, measurements: Sequence[Mapping[str, Any]]) -> None:
-        """What Stigg answered to a delivered batch reconciles the optimistic counts."""
-        confirmed = [
-            [
-                m["customerId"],
-                m.get("resourceId"),
-                m["featureId"],
-                float(m["currentUsage"]),
-                parse_timestamp(m.get("usagePeriodStart")),
-                parse_timestamp(m.get("usagePeriodEnd")),
-            ]
-            for m in measurements
-            if m.get("currentUsage") is not None
-        ]
-        self.apply_confirmed(confirmed)
-        await self._publish({"type": "usage_confirmed", "measurements": confirmed})
-
-    def apply_reports(self, changes: Iterable[Sequence[Any]]) -> None:
-        """``[customerId, resourceId, featureId, DELTA|SET, value]`` items, to L1."""
-        for customer_id, resource_id, feature_id, behavior, value in changes:
-            found = self._cached_entitlement(customer_id, resource_id, feature_id)
-            if found is None or not found[1].is_metered:
-                continue
-            entry, old = found
-            usage = value if behavior == "SET" else (old.current_usage or 0.0) + value
-            self._put(entry, dataclasses.replace(old, current_usage=usage))
-
-    def apply_confirmed(self, measurements: Iterable[Sequence[Any]]) -> None:
-        """``[customerId, resourceId, featureId, currentUsage, periodStart, periodEnd]`` items."""
-        for customer_id, resource_id, feature_id, usage, start, end in measurements:
-            period = {"usage_period_start": start, "usage_period_end": end}
-            self._reconcile(customer_id, resource_id, feature_id, usage, period, keep_higher=True)
-
-    def _reconcile(
-        self,
-        customer_id: str,
-        resource_id: str | None,
-        feature_id: str,
-        usage: float,
-        period: Mapping[str, float | None],
-        *,
-        keep_higher: bool,
-    ) -> bool:
-        found = self._cached_entitlement(customer_id, resource_id, feature_id)
+    def _reconcile(self, figure: UsageFigure) -> bool:
+        found = self._cached_entitlement(figure.customer_id, figure.resource_id, figure.feature_id)
         if found is None:
             return False
         entry, old = found
-        start = period.get("usage_period_start")
+        usage = figure.current_usage
+        start = figure.period_start
         same_period = start is None or start == old.usage_period_start
         incremental = old.meter_type == "Incremental"
-        if keep_higher and incremental and same_period and old.current_usage is not None:
+        if figure.answers_batch and incremental and same_period and old.current_usage is not None:
             # Stigg's answer to a batch predates reports accepted since, which are counted
             # here already: taking its figure as is would forget them until they are sent.
             usage = max(usage, old.current_usage)
         changes: dict[str, Any] = {"current_usage": usage}
-        changes.update({k: v for k, v in period.items() if v is not None})
+        if start is not None:
+            changes["usage_period_start"] = start
+        if figure.period_end is not None:
+            changes["usage_period_end"] = figure.period_end
         self._put(entry, dataclasses.replace(old, **changes))
         return True
 
     def _cached_entitlement(
         self, customer_id: str, resource_id: str | None, feature_id: str
-    ) -> tuple[CacheEntry[State], FeatureEntitlement] | None:
-        entry = self.l1.get_nowait((customer_id, resource_id))
+    ) -> tuple[CacheEntry[EntitlementsState], FeatureEntitlement] | None:
+        entry = self.store.get_nowait((customer_id, resource_id))
         if entry is None:
             return None
         old = entry.value.entitlements.get(feature_id)
         return None if old is None else (entry, old)
 
-    def _put(self, entry: CacheEntry[State], updated: FeatureEntitlement) -> None:
+    def _put(self, entry: CacheEntry[EntitlementsState], updated: FeatureEntitlement) -> None:
         state = dataclasses.replace(
             entry.value, entitlements=_replaced(entry.value.entitlements, updated)
         )
-        self.l1.set_nowait(
+        self.store.set_local(
             (state.customer_id, state.resource_id), dataclasses.replace(entry, value=state)
         )
 
-    async def _publish_invalidation(self, customer_id: str) -> None:
-        await self._publish({"type": "invalidate", "customerId": customer_id})
-
-    async def _publish(self, event: dict[str, Any]) -> None:
-        if self._broadcast is None:
-            return
-        try:
-            await self._broadcast.publish(event)
-        except (RedisError, OSError) as exc:
-            self._l2_failed("publish", exc)
+    async def _publish(self, event: Invalidate | UsageCounted | UsageConfirmed) -> None:
+        if self._replication is not None:
+            await self._replication.publish(event)
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.create_task(coroutine)
@@ -497,16 +424,16 @@ class EntitlementService:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _wait(fetch: asyncio.Task[State], seconds: float) -> State:
+async def _wait(fetch: asyncio.Task[EntitlementsState], seconds: float) -> EntitlementsState:
     """``fetch``'s result within ``seconds``, leaving it running on timeout or cancellation.
 
     ``wait_for(shield(fetch))`` does the same with two more futures per waiter; a stampede has
     a thousand waiters on one fetch, and this halves their cost (bench/stampede.py).
     """
     loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[State] = loop.create_future()
+    waiter: asyncio.Future[EntitlementsState] = loop.create_future()
 
-    def relay(done: asyncio.Task[State]) -> None:
+    def relay(done: asyncio.Task[EntitlementsState]) -> None:
         if waiter.done():
             return
         if done.cancelled():
@@ -529,7 +456,7 @@ async def _wait(fetch: asyncio.Task[State], seconds: float) -> State:
         fetch.remove_done_callback(relay)
 
 
-def _servable_when_stale(entry: CacheEntry[State]) -> bool:
+def _servable_when_stale(entry: CacheEntry[EntitlementsState]) -> bool:
     return entry.value.access_denied_reason != CUSTOMER_NOT_FOUND
 
 
@@ -541,7 +468,9 @@ def _replaced(
     return result
 
 
-def _listing(state: State, resource_id: str | None, now: float, source: str) -> dict[str, Any]:
+def _listing(
+    state: EntitlementsState, resource_id: str | None, now: float, source: str
+) -> dict[str, Any]:
     answers: Iterable[dict[str, Any]] = (
         evaluate(state, CheckRequest(state.customer_id, feature_id, resource_id), now, source)
         for feature_id in state.entitlements

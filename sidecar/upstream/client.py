@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
@@ -13,8 +12,9 @@ from typing import Any, Protocol, TypeVar
 import httpx
 import orjson
 
+from sidecar.backoff import full_jitter
 from sidecar.config import Secret, StiggSettings
-from sidecar.upstream.breaker import CircuitBreaker
+from sidecar.upstream.breaker import BreakerState, CircuitBreaker
 from sidecar.upstream.documents import Operation
 from sidecar.upstream.errors import (
     CircuitOpen,
@@ -71,8 +71,21 @@ class RawResponse:
     body: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class UpstreamHealth:
+    """What readiness and metrics read of the upstream."""
+
+    breaker: BreakerState
+    # time.monotonic() of Stigg's last answer; None until it has answered once.
+    last_answer_at: float | None
+
+
 class Upstream(Protocol):
     """What the services need from Stigg: run one known operation, or forward a raw request."""
+
+    def health(self) -> UpstreamHealth:
+        """The circuit breaker's state and when Stigg last answered."""
+        ...
 
     async def execute(self, operation: Operation, variables: Mapping[str, Any]) -> Any:
         """Send ``operation``; return its root field's data or raise an ``UpstreamError``."""
@@ -188,17 +201,19 @@ class StiggClient:
         self.last_answer_at = time.monotonic()
         return result
 
+    def health(self) -> UpstreamHealth:
+        return UpstreamHealth(self.breaker.state, self.last_answer_at)
+
     def _observe(self, name: str, exc: UpstreamError | None, started: float) -> None:
         if self.observer is not None:
             self.observer(name, outcome_of(exc), time.perf_counter() - started)
 
     def _backoff(self, attempt: int) -> float:
-        """Full-jitter exponential backoff, so retries of many sidecars do not synchronise."""
-        ceiling = min(
-            self._settings.retry_backoff_max_seconds,
-            self._settings.retry_backoff_seconds * 2 ** (attempt - 1),
+        """Retry ``attempt`` (from 1) waits on the one backoff curve."""
+        settings = self._settings
+        return full_jitter(
+            attempt - 1, settings.retry_backoff_seconds, settings.retry_backoff_max_seconds
         )
-        return random.uniform(0, ceiling)  # noqa: S311 - jitter, not cryptography
 
     async def _execute_once(self, operation: Operation, body: bytes) -> Any:
         name = operation.root_field

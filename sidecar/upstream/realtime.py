@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import orjson
 
+from sidecar.backoff import full_jitter
 from sidecar.config import RealtimeSettings, Secret
-from sidecar.entitlements.model import parse_timestamp
+from sidecar.timestamps import parse_timestamp
+from sidecar.updates import UsageFigure, UsageUpdate
 from sidecar.upstream import documents
 
 log = logging.getLogger(__name__)
@@ -36,14 +37,7 @@ class RealtimeSink(Protocol):
         self, customer_id: str, resource_id: str | None, raw: Mapping[str, Any]
     ) -> None: ...
 
-    async def apply_usage(
-        self,
-        customer_id: str,
-        resource_id: str | None,
-        feature_id: str,
-        current_usage: float,
-        **period: float | None,
-    ) -> bool: ...
+    async def apply_usage(self, updates: Iterable[UsageUpdate], *, publish: bool = True) -> int: ...
 
 
 class ProtocolViolation(Exception):
@@ -82,9 +76,7 @@ class RealtimeListener:
                     raise
                 except (aiohttp.ClientError, OSError, TimeoutError, ProtocolViolation) as exc:
                     failures += 1
-                    delay = random.uniform(  # noqa: S311 - jitter, not cryptography
-                        0, min(self._settings.reconnect_max_seconds, 0.25 * 2**failures)
-                    )
+                    delay = full_jitter(failures, 0.25, self._settings.reconnect_max_seconds)
                     log.warning(
                         "realtime updates disconnected (%s); reconnecting in %.1f s",
                         type(exc).__name__ if not str(exc) else exc,
@@ -167,14 +159,16 @@ class RealtimeListener:
                 await self._sink.apply_state(update["customerId"], update.get("resourceId"), update)
             elif "usageUpdated" in data:
                 usage = data["usageUpdated"]["usage"]
-                await self._sink.apply_usage(
+                figure = UsageFigure(
                     usage["customerId"],
                     usage.get("resourceId"),
                     usage["featureId"],
                     float(usage["currentUsage"]),
-                    usage_period_start=parse_timestamp(usage.get("usagePeriodStart")),
-                    usage_period_end=parse_timestamp(usage.get("usagePeriodEnd")),
+                    parse_timestamp(usage.get("usagePeriodStart")),
+                    parse_timestamp(usage.get("usagePeriodEnd")),
                 )
+                # Every replica has its own link to Stigg: nothing to tell the others.
+                await self._sink.apply_usage([figure], publish=False)
             else:
                 return
         except (KeyError, TypeError, ValueError) as exc:

@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from sidecar.backoff import full_jitter
 from sidecar.config import UsageSettings
 from sidecar.upstream import documents
 from sidecar.upstream.client import Upstream
@@ -40,7 +41,7 @@ from sidecar.upstream.errors import (
 )
 from sidecar.usage.batching import Pending, build_event_batch, build_usage_batch
 from sidecar.usage.model import Kind
-from sidecar.usage.rate_limit import TokenBucket, full_jitter
+from sidecar.usage.rate_limit import TokenBucket
 from sidecar.usage.spool import Batch, Spool, new_batch_id
 from sidecar.usage.stats import UsageStats
 
@@ -412,4 +413,4 @@ class Flusher:
             try:
                 await self._on_confirmed(result)
             except Exception:
-                log.exception("usage listener failed in usage_confirmed")
+                log.exception("usage listener failed on confirmed usage")

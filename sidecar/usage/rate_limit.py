@@ -1,9 +1,8 @@
-"""Pacing calls to Stigg: a token bucket, and full-jitter exponential backoff."""
+"""Pacing calls to Stigg: a token bucket."""
 
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Awaitable, Callable
 
@@ -69,11 +68,3 @@ class TokenBucket:
         self._refill(now)
         self._tokens = min(self._tokens, 0.0)
         self._updated = max(self._updated, now + seconds)
-
-
-def full_jitter(
-    attempt: int, base: float, cap: float, rng: Callable[[float, float], float] = random.uniform
-) -> float:
-    """AWS's "full jitter": uniform in [0, min(cap, base * 2**attempt)], so many sidecars
-    retrying after one outage spread out instead of arriving together."""
-    return rng(0.0, min(cap, base * 2 ** min(attempt, 32)))

@@ -201,10 +201,12 @@ class RedisSpool:
         dedupe_window_seconds: float,
         lease_seconds: float,
         consumer: str | None = None,
+        on_claimed: Callable[[Kind, int], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``prefix`` starts every key (``RedisNamespace.spool``: it carries the hash tag that
-        keeps the keys on one Cluster slot); ``client`` is the process's pool, not closed here."""
+        keeps the keys on one Cluster slot); ``client`` is the process's pool, not closed here;
+        ``on_claimed`` hears of reports taken over from a replica presumed dead."""
         self._pool = client
         self._client: redis.Redis | None = None  # set while open
         tag = prefix
@@ -225,7 +227,7 @@ class RedisSpool:
         self._claiming: dict[str, str | None] = dict.fromkeys(KINDS)
         self._in_batches: dict[str, set[str]] = {kind: set() for kind in KINDS}
         self._next_sweep = 0.0
-        self.on_claimed: Callable[[Kind, int], None] | None = None
+        self._on_claimed = on_claimed
         self._scripts: dict[str, Any] = {}
 
     @property
@@ -364,8 +366,8 @@ class RedisSpool:
             swept = await self._sweep(kind, limit - len(out))
             claimed += len(swept)
             out.extend(swept)
-        if claimed and self.on_claimed is not None:
-            self.on_claimed(kind, claimed)
+        if claimed and self._on_claimed is not None:
+            self._on_claimed(kind, claimed)
         if len(out) < limit:
             reply = await self.redis.xreadgroup(
                 GROUP, self.consumer, {stream: ">"}, count=limit - len(out)

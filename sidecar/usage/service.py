@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +24,7 @@ from sidecar.config import Settings, UsageSettings
 from sidecar.redis_namespace import RedisNamespace
 from sidecar.upstream.client import Upstream
 from sidecar.usage.flusher import Flusher
-from sidecar.usage.listener import UsageListener
+from sidecar.usage.listener import UsageListener, changes_of, figures_of
 from sidecar.usage.model import KINDS, EventReport, Kind, UsageReport
 from sidecar.usage.spool import DeadLetter, NewReport, Spool, SpoolFull
 from sidecar.usage.sqlite_spool import SqliteSpool
@@ -58,17 +58,20 @@ class UsageService:
         settings: UsageSettings,
         *,
         listener: UsageListener | None = None,
+        stats: UsageStats | None = None,
+        cleanup: Sequence[Callable[[], None]] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``stats`` are shared with the spool when it counts too; ``cleanup`` runs on stop."""
         self.settings = settings
         self.spool = spool
-        self.stats = UsageStats()
+        self.stats = stats if stats is not None else UsageStats()
         self._listener = listener
         self._clock = clock
         self._accepting = False
         self._deadline: float | None = None
         self._maintenance: asyncio.Task[None] | None = None
-        self._cleanup: list[Callable[[], None]] = []
+        self._cleanup = list(cleanup)
         self.flushers: dict[Kind, Flusher] = {
             kind: Flusher(
                 kind,
@@ -76,7 +79,7 @@ class UsageService:
                 upstream=upstream,
                 settings=settings,
                 stats=self.stats,
-                on_confirmed=listener.usage_confirmed if listener and kind == "usage" else None,
+                on_confirmed=self._confirmed if listener and kind == "usage" else None,
                 clock=clock,
             )
             for kind in KINDS
@@ -96,19 +99,24 @@ class UsageService:
         usage = settings.usage
         spool: Spool
         cleanup: list[Callable[[], None]] = []
-        redis_spool = None
+        stats = UsageStats()
         if settings.redis_url is not None:
             from sidecar.usage.redis_spool import RedisSpool
 
             if redis is None:
                 raise ValueError("a Redis spool needs the process's Redis pool")
-            spool = redis_spool = RedisSpool(
+
+            def claimed(kind: Kind, count: int) -> None:
+                stats.kinds[kind].claimed += count
+
+            spool = RedisSpool(
                 redis,
                 prefix=RedisNamespace(settings.cache.environment).spool,
                 max_reports=usage.spool_max_reports,
                 max_bytes=usage.spool_max_bytes,
                 dedupe_window_seconds=usage.dedupe_window_seconds,
                 lease_seconds=usage.claim_idle_seconds,
+                on_claimed=claimed,
             )
         else:
             data_dir = settings.data_dir
@@ -125,14 +133,11 @@ class UsageService:
                 dedupe_window_seconds=usage.dedupe_window_seconds,
                 synchronous=usage.sqlite_synchronous,
             )
-        service = cls(upstream, spool, usage, listener=listener)
-        service._cleanup = cleanup
-        if redis_spool is not None:
-            redis_spool.on_claimed = service._claimed
-        return service
+        return cls(upstream, spool, usage, listener=listener, stats=stats, cleanup=cleanup)
 
-    def _claimed(self, kind: Kind, count: int) -> None:
-        self.stats.kinds[kind].claimed += count
+    async def _confirmed(self, measurements: Sequence[Mapping[str, Any]]) -> None:
+        assert self._listener is not None
+        await self._listener.apply_usage(figures_of(measurements))
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -198,9 +203,9 @@ class UsageService:
             fresh = [r for r, ok in zip(stamped, stored, strict=True) if ok]
             if fresh:
                 try:
-                    await self._listener.usage_accepted(fresh)
+                    await self._listener.apply_usage(changes_of(fresh))
                 except Exception:
-                    log.exception("usage listener failed in usage_accepted")
+                    log.exception("usage listener failed on accepted usage")
         return stored
 
     async def accept_events(self, events: Sequence[EventReport]) -> list[bool]:

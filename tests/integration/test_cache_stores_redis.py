@@ -11,8 +11,7 @@ import redis.asyncio as redis
 from sidecar.cache.redis_store import RedisStore
 from sidecar.cache.store import CacheStore
 from sidecar.entitlements.model import EntitlementsState
-from tests.cache_suite import *  # noqa: F403 - the shared tests
-from tests.cache_suite import FakeClock
+from tests.cache_suite import CacheStoreSuite, FakeClock, MakeStore
 
 
 @pytest.fixture
@@ -20,17 +19,21 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture
-async def store(
-    redis_server: str, clock: FakeClock
-) -> AsyncIterator[CacheStore[EntitlementsState]]:
-    client = redis.Redis.from_url(redis_server)
-    # Real TTLs run on Redis' clock; the fake clock only decides staleness on read.
-    yield RedisStore(
-        client,
-        f"test-{uuid.uuid4().hex}",
-        EntitlementsState.to_json,
-        EntitlementsState.from_json,
-        clock,
-    )
-    await client.aclose()
+class TestRedisStoreOnRedisServer(CacheStoreSuite):
+    @pytest.fixture
+    async def make_store(self, redis_server: str, clock: FakeClock) -> AsyncIterator[MakeStore]:
+        client = redis.Redis.from_url(redis_server)
+        run = uuid.uuid4().hex
+
+        def make(namespace: str) -> CacheStore[EntitlementsState]:
+            # Real TTLs run on Redis' clock; the fake clock only decides staleness on read.
+            return RedisStore(
+                client,
+                f"{namespace}-{run}",
+                EntitlementsState.to_json,
+                EntitlementsState.from_json,
+                clock,
+            )
+
+        yield make
+        await client.aclose()

@@ -15,9 +15,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from sidecar.api.http import SERVICES
 from sidecar.config import CacheSettings, Secret, Settings
 from sidecar.emulator import EmulatorServer
+from sidecar.services import SERVICES
 from tests.conftest import API_KEY, sidecar_settings, start_sidecar
 
 Client = TestClient[web.Request, web.Application]
@@ -63,9 +63,7 @@ async def check(client: Client, path: str = DEMO_CALLS) -> dict[str, Any]:
 
 
 def realtime_of(client: Client) -> Any:
-    from sidecar.app import REALTIME
-
-    return client.app[REALTIME]
+    return client.app[SERVICES].realtime
 
 
 async def test_usage_pushed_over_the_websocket_updates_the_cache(
@@ -259,10 +257,10 @@ async def test_invalidation_reaches_the_other_replicas_memory(
     settings = redis_settings(emulator, redis_server, uuid.uuid4().hex)
     a, b = await start_sidecar(settings), await start_sidecar(settings)
     try:
-        from sidecar.app import BROADCAST
+        from sidecar.app import REPLICATION
 
         for replica in (a, b):
-            await eventually(lambda r=replica: r.app[BROADCAST].connected.is_set())
+            await eventually(lambda r=replica: r.app[REPLICATION].connected.is_set())
         path = "/v1/entitlements?customerId=customer-free&featureId=feature-sso"
         assert (await check(a, path))["hasAccess"] is False
         assert (await check(b, path))["hasAccess"] is False  # now in B's memory
@@ -367,10 +365,10 @@ async def test_optimistic_usage_reaches_the_other_replica(
     a, b = await start_sidecar(settings), await start_sidecar(settings)
     await hold_deliveries(emulator)
     try:
-        from sidecar.app import BROADCAST
+        from sidecar.app import REPLICATION
 
         for replica in (a, b):
-            await eventually(lambda r=replica: r.app[BROADCAST].connected.is_set())
+            await eventually(lambda r=replica: r.app[REPLICATION].connected.is_set())
         assert (await check(b, FREE_CALLS))["currentUsage"] == 999  # cached in B
         response = await a.post(
             "/v1/usage",

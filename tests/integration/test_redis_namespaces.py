@@ -12,10 +12,10 @@ import redis.asyncio as redis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from sidecar.api.http import SERVICES
-from sidecar.app import BROADCAST
+from sidecar.app import REPLICATION
 from sidecar.config import CacheSettings, Secret, UsageSettings
 from sidecar.emulator import EmulatorServer, load_catalog
+from sidecar.services import SERVICES
 from tests.conftest import CATALOG, sidecar_settings, start_sidecar
 from tests.eventually import eventually
 
@@ -36,7 +36,7 @@ async def start(emulator: EmulatorServer, key: str, redis_url: str, environment:
         usage=UsageSettings(flush_interval_seconds=0.05),
     )
     client = await start_sidecar(settings)
-    await eventually(lambda: client.app[BROADCAST].connected.is_set())
+    await eventually(lambda: client.app[REPLICATION].connected.is_set())
     return client
 
 

@@ -11,8 +11,7 @@ from sidecar.cache.memory import MemoryStore
 from sidecar.cache.redis_store import RedisStore
 from sidecar.cache.store import CacheStore
 from sidecar.entitlements.model import EntitlementsState
-from tests.cache_suite import *  # noqa: F403 - the shared tests
-from tests.cache_suite import NOW, FakeClock, entry, state
+from tests.cache_suite import NOW, CacheStoreSuite, FakeClock, MakeStore, entry, state
 
 
 @pytest.fixture
@@ -20,16 +19,32 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(params=["memory", "fakeredis"])
-async def store(
-    request: pytest.FixtureRequest, clock: FakeClock
-) -> AsyncIterator[CacheStore[EntitlementsState]]:
-    if request.param == "memory":
-        yield MemoryStore(10_000_000, EntitlementsState.approx_bytes, clock)
-        return
-    client = fakeredis.FakeAsyncRedis()
-    yield RedisStore(client, "test", EntitlementsState.to_json, EntitlementsState.from_json, clock)
-    await client.aclose()
+class TestMemoryStore(CacheStoreSuite):
+    @pytest.fixture
+    def make_store(self, clock: FakeClock) -> MakeStore:
+        # Memory is per process: each namespace (deployment) has its own.
+        stores: dict[str, CacheStore[EntitlementsState]] = {}
+
+        def make(namespace: str) -> CacheStore[EntitlementsState]:
+            return stores.setdefault(
+                namespace, MemoryStore(10_000_000, EntitlementsState.approx_bytes, clock)
+            )
+
+        return make
+
+
+class TestRedisStoreOnFakeredis(CacheStoreSuite):
+    @pytest.fixture
+    async def make_store(self, clock: FakeClock) -> AsyncIterator[MakeStore]:
+        client = fakeredis.FakeAsyncRedis()
+
+        def make(namespace: str) -> CacheStore[EntitlementsState]:
+            return RedisStore(
+                client, namespace, EntitlementsState.to_json, EntitlementsState.from_json, clock
+            )
+
+        yield make
+        await client.aclose()
 
 
 def test_memory_budget_evicts_least_recently_used() -> None:

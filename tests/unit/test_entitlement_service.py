@@ -13,12 +13,13 @@ import pytest
 
 from sidecar.cache.memory import MemoryStore
 from sidecar.cache.redis_store import RedisStore
+from sidecar.cache.tiered import TieredCache
 from sidecar.config import CacheSettings, EntitlementSettings, FeatureFallback
 from sidecar.entitlements.model import CheckRequest, EntitlementsState
 from sidecar.entitlements.service import EntitlementService
+from sidecar.updates import UsageChange, UsageFigure
 from sidecar.upstream.documents import Operation
 from sidecar.upstream.errors import UpstreamRateLimited, UpstreamUnavailable
-from sidecar.usage.model import UsageReport
 from tests.cache_suite import FakeClock
 
 
@@ -92,8 +93,7 @@ def service(
         upstream,
         cache,
         settings,
-        l1=MemoryStore(10_000_000, EntitlementsState.approx_bytes, clock),
-        l2=l2,
+        store=TieredCache(MemoryStore(10_000_000, EntitlementsState.approx_bytes, clock), l2),
         clock=clock,
     )
 
@@ -267,10 +267,10 @@ async def test_pushed_updates_replace_cached_state(
     await svc.check(CALLS)
     await svc.apply_state("c1", None, stigg_state(usage=10))
     assert (await svc.check(CALLS))["hasAccess"] is False
-    assert await svc.apply_usage("c1", None, "calls", 4.0)
+    assert await svc.apply_usage([UsageFigure("c1", None, "calls", 4.0)], publish=False)
     answer = await svc.check(CALLS)
     assert (answer["currentUsage"], answer["hasAccess"], answer["source"]) == (4, True, "cache")
-    assert not await svc.apply_usage("nobody", None, "calls", 1.0)
+    assert not await svc.apply_usage([UsageFigure("nobody", None, "calls", 1.0)], publish=False)
     assert upstream.calls == 1
 
 
@@ -298,7 +298,7 @@ async def test_redis_failure_degrades_to_memory_and_stigg(
     svc = service(upstream, clock, l2=l2)
     answer = await svc.check(CALLS)
     assert (answer["source"], answer["hasAccess"]) == ("upstream", True)
-    assert svc.stats.l2_errors >= 1
+    assert svc.store.faults.count >= 1
     assert (await svc.check(CALLS))["source"] == "cache"
 
 
@@ -332,31 +332,29 @@ async def test_once_stigg_missed_a_deadline_stale_answers_do_not_wait(
     assert (await svc.check(CheckRequest("c2", "calls")))["source"] == "cache"
 
 
-def report(value: float, behavior: str = "DELTA", feature: str = "calls") -> UsageReport:
-    return UsageReport(
-        customer_id="c1",
-        feature_id=feature,
-        value=value,
-        update_behavior=behavior,
-        idempotency_key=f"k-{value}-{behavior}",
-        key_from_client=False,
-    )
+def report(value: float, behavior: str = "DELTA", feature: str = "calls") -> UsageChange:
+    return UsageChange("c1", None, feature, behavior, value)
+
+
+def confirmed(usage: float) -> UsageFigure:
+    """Stigg's answer to a delivered batch."""
+    return UsageFigure("c1", None, "calls", usage, answers_batch=True)
 
 
 async def test_accepted_usage_counts_at_once(upstream: FakeUpstream, clock: FakeClock) -> None:
     svc = service(upstream, clock)
     assert (await svc.check(CALLS))["currentUsage"] == 3
-    await svc.usage_accepted([report(6)])
+    await svc.apply_usage([report(6)])
     assert (await svc.check(CALLS))["currentUsage"] == 9
-    await svc.usage_accepted([report(1)])  # 10 of 10: the next check is denied
+    await svc.apply_usage([report(1)])  # 10 of 10: the next check is denied
     denied = await svc.check(CALLS)
     assert (denied["hasAccess"], denied["accessDeniedReason"]) == (
         False,
         "RequestedUsageExceedingLimit",
     )
-    await svc.usage_accepted([report(2, "SET")])
+    await svc.apply_usage([report(2, "SET")])
     assert (await svc.check(CALLS))["currentUsage"] == 2
-    await svc.usage_accepted([report(5, feature="sso")])  # not metered: nothing to count
+    await svc.apply_usage([report(5, feature="sso")])  # not metered: nothing to count
     assert upstream.calls == 1
 
 
@@ -365,12 +363,12 @@ async def test_confirmed_usage_reconciles_without_losing_later_reports(
 ) -> None:
     svc = service(upstream, clock)
     await svc.check(CALLS)
-    await svc.usage_accepted([report(2), report(3)])  # 8 counted here
+    await svc.apply_usage([report(2), report(3)])  # 8 counted here
     # Stigg confirms the first batch (3 + 2 = 5) while the second report is not sent yet.
-    await svc.usage_confirmed([{"customerId": "c1", "featureId": "calls", "currentUsage": 5}])
+    await svc.apply_usage([confirmed(5)])
     assert (await svc.check(CALLS))["currentUsage"] == 8
     # Stigg knows more than we do (another replica reported): its figure wins.
-    await svc.usage_confirmed([{"customerId": "c1", "featureId": "calls", "currentUsage": 9}])
+    await svc.apply_usage([confirmed(9)])
     assert (await svc.check(CALLS))["currentUsage"] == 9
 
 
@@ -383,7 +381,7 @@ async def test_rendered_answers_follow_every_change(
     assert orjson.loads(await svc.check_json(CALLS))["source"] == "cache"
     again = await svc.check_json(CALLS)
     assert again is await svc.check_json(CALLS)  # the same bytes, rendered once
-    await svc.usage_accepted([report(7)])
+    await svc.apply_usage([report(7)])
     assert orjson.loads(await svc.check_json(CALLS))["hasAccess"] is False  # 10 of 10
     await svc.apply_state("c1", None, stigg_state(usage=1))
     assert orjson.loads(await svc.check_json(CALLS))["currentUsage"] == 1

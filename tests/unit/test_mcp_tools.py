@@ -6,8 +6,8 @@ from typing import Any, cast
 
 import pytest
 
-from sidecar.api.http import Services
 from sidecar.api.mcp_tools import TOOLS, TOOLS_BY_NAME
+from sidecar.services import Services
 from sidecar.validation import ValidationError
 
 # Validation fails before any service is reached, so none is needed.

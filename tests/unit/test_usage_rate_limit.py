@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.usage.rate_limit import TokenBucket, full_jitter
+from sidecar.backoff import full_jitter
+from sidecar.usage.rate_limit import TokenBucket
 
 
 class FakeTime:

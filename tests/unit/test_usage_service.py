@@ -6,13 +6,14 @@ import asyncio
 import dataclasses
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sidecar.config import UsageSettings
+from sidecar.updates import UsageChange, UsageFigure, UsageUpdate
 from sidecar.upstream.client import RawResponse
 from sidecar.upstream.documents import Operation
 from sidecar.upstream.errors import (
@@ -91,14 +92,16 @@ class FakeStigg:
 
 class RecordingListener:
     def __init__(self) -> None:
-        self.accepted: list[UsageReport] = []
-        self.confirmed: list[Mapping[str, Any]] = []
+        self.accepted: list[UsageChange] = []
+        self.confirmed: list[UsageFigure] = []
 
-    async def usage_accepted(self, reports: Sequence[UsageReport]) -> None:
-        self.accepted.extend(reports)
-
-    async def usage_confirmed(self, measurements: Sequence[Mapping[str, Any]]) -> None:
-        self.confirmed.extend(measurements)
+    async def apply_usage(self, updates: Iterable[UsageUpdate], *, publish: bool = True) -> int:
+        for update in updates:
+            if isinstance(update, UsageChange):
+                self.accepted.append(update)
+            else:
+                self.confirmed.append(update)
+        return 0
 
 
 def report(value: float = 1, key: str | None = None, **fields: Any) -> UsageReport:
@@ -163,9 +166,9 @@ async def test_batches_of_100_and_the_listener_seam(make_service: ServiceFactory
     assert stigg.bulk_sizes == [100, 100, 50]
     assert sum(stigg.usage.values()) == 250
     # accepted: each new report once, in order, never a duplicate; confirmed: Stigg's answers.
-    assert [r.idempotency_key for r in listener.accepted] == [f"k{n}" for n in range(250)]
+    assert [c.customer_id for c in listener.accepted] == [f"c{n % 7}" for n in range(250)]
     assert len(listener.confirmed) == 250
-    assert listener.confirmed[-1]["currentUsage"] == stigg.usage[("c4", "f1", None)]
+    assert listener.confirmed[-1].current_usage == stigg.usage[("c4", "f1", None)]
     stats = await service.stats_json()
     assert stats["usage"]["accepted"] == 250
     assert stats["usage"]["duplicates"] == 10
@@ -317,7 +320,7 @@ async def test_a_full_spool_refuses_with_503_and_counts_it(make_service: Service
 
 async def test_a_failing_listener_does_not_fail_the_report(make_service: ServiceFactory) -> None:
     class Broken(RecordingListener):
-        async def usage_accepted(self, reports: Sequence[UsageReport]) -> None:
+        async def apply_usage(self, updates: Iterable[UsageUpdate], *, publish: bool = True) -> int:
             raise RuntimeError("cache down")
 
     service = await make_service(FakeStigg(), listener=Broken())

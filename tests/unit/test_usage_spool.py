@@ -210,6 +210,8 @@ async def test_redis_lease_fences_a_replica_that_lost_it() -> None:
     server = fakeredis.FakeServer()
     clock = [0.0]
 
+    claimed: list[int] = []
+
     def spool(name: str) -> RedisSpool:
         return RedisSpool(
             fakeredis.FakeAsyncRedis(server=server),
@@ -219,6 +221,7 @@ async def test_redis_lease_fences_a_replica_that_lost_it() -> None:
             dedupe_window_seconds=60,
             lease_seconds=5,
             consumer=name,
+            on_claimed=lambda kind, count: claimed.append(count),
             clock=lambda: clock[0],
         )
 
@@ -233,8 +236,6 @@ async def test_redis_lease_fences_a_replica_that_lost_it() -> None:
         # a stalls past its lease; b takes over and claims what a had read, oldest first.
         await a.redis.delete("fence:lease")
         assert await b.acquire()
-        claimed: list[int] = []
-        b.on_claimed = lambda kind, count: claimed.append(count)
         taken = await b.fetch("usage", 10, restart=True)
         assert numbers(taken) == [0, 1, 2, 3, 4, 5]
         assert claimed == [3]
