@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any, Protocol
 
+from sidecar.timestamps import format_iso as iso
 from sidecar.upstream import documents
 from sidecar.upstream.client import Upstream
-from sidecar.validation import Fields, iso
+from sidecar.validation import Fields
 
 BILLING_PERIODS = ("MONTHLY", "ANNUALLY")
 CANCELLATION_TIMES = ("IMMEDIATE", "END_OF_BILLING_PERIOD", "SPECIFIC_DATE")

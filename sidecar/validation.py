@@ -9,9 +9,25 @@ from collections.abc import Collection, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sidecar.timestamps import parse_iso
+
 MAX_ID_LENGTH = 255
 # Stigg ids are refIds chosen by the app: keep them printable and free of separators we use.
-_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@+\-]*$")
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@+\-]*$"
+_ID_PATTERN = re.compile(ID_PATTERN)
+
+
+def id_schema(description: str | None = None) -> dict[str, Any]:
+    """The JSON schema of an id, as ``check_identifier`` enforces it (OpenAPI and MCP)."""
+    schema: dict[str, Any] = {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_ID_LENGTH,
+        "pattern": ID_PATTERN,
+    }
+    if description is not None:
+        schema["description"] = description
+    return schema
 
 
 class ValidationError(Exception):
@@ -157,7 +173,7 @@ def parse_number(name: str, text: str, *, minimum: float | None = None) -> float
 
 def check_timestamp(name: str, text: str, *, max_future: timedelta) -> datetime:
     try:
-        moment = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+        moment = parse_iso(text)
     except ValueError:
         raise ValidationError(name, "must be an ISO-8601 date-time string") from None
     if moment.tzinfo is None:
@@ -165,8 +181,3 @@ def check_timestamp(name: str, text: str, *, max_future: timedelta) -> datetime:
     if moment - datetime.now(UTC) > max_future:
         raise ValidationError(name, "must not be in the future")
     return moment.astimezone(UTC)
-
-
-def iso(moment: datetime) -> str:
-    """UTC ISO-8601 with a ``Z``, as Stigg writes DateTime."""
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")

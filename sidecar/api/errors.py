@@ -18,6 +18,7 @@ from sidecar.upstream.errors import (
     UpstreamRateLimited,
     UpstreamTimeout,
     UpstreamUnavailable,
+    classify,
 )
 from sidecar.validation import ValidationError
 
@@ -25,17 +26,13 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-# Stigg error codes that mean "this does not exist" or "this conflicts with what exists".
-_NOT_FOUND = {
-    "CustomerNotFound",
-    "PlanNotFound",
-    "SubscriptionNotFound",
-    "FeatureNotFound",
-    "CustomerResourceNotFound",
-    "AddonNotFound",
+# Status and code by the kind of Stigg error (upstream.errors.classify).
+_STIGG_ERRORS = {
+    "not_found": (404, "not_found"),
+    "conflict": (409, "conflict"),
+    "invalid": (422, "rejected_by_stigg"),
+    "other": (502, "upstream_error"),
 }
-_CONFLICT = {"DuplicatedEntityNotAllowed", "SubscriptionAlreadyCanceledOrExpired"}
-_REJECTED = {"BadUserInput", "InvalidArgumentError", "BAD_USER_INPUT", "InvalidQuantity"}
 
 
 class ApiError(Exception):
@@ -76,13 +73,8 @@ class UpstreamFailure:
 def describe_upstream_error(exc: UpstreamError) -> UpstreamFailure:
     """Map a failed Stigg call to the status a client can act on, and a message for it."""
     if isinstance(exc, StiggError):
-        if exc.stigg_code in _NOT_FOUND:
-            return UpstreamFailure(404, "not_found", exc.message, exc.stigg_code)
-        if exc.stigg_code in _CONFLICT:
-            return UpstreamFailure(409, "conflict", exc.message, exc.stigg_code)
-        if exc.is_validation_error or exc.stigg_code in _REJECTED:
-            return UpstreamFailure(422, "rejected_by_stigg", exc.message, exc.stigg_code)
-        return UpstreamFailure(502, "upstream_error", exc.message, exc.stigg_code)
+        status, code = _STIGG_ERRORS[classify(exc)]
+        return UpstreamFailure(status, code, exc.message, exc.stigg_code)
     if isinstance(exc, UpstreamTimeout):
         return UpstreamFailure(504, exc.code, "Stigg did not answer in time")
     if isinstance(exc, UpstreamRateLimited):

@@ -29,7 +29,7 @@ from sidecar.provisioning import (
 from sidecar.services import Services
 from sidecar.upstream.errors import UpstreamError
 from sidecar.usage.model import UPDATE_BEHAVIORS, parse_usage
-from sidecar.validation import MAX_ID_LENGTH, Fields, ValidationError
+from sidecar.validation import Fields, ValidationError, id_schema
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,7 @@ ToolFunction = Callable[[Services, Arguments], Awaitable[dict[str, Any]]]
 
 
 def _id(description: str) -> dict[str, Any]:
-    return {
-        "type": "string",
-        "minLength": 1,
-        "maxLength": MAX_ID_LENGTH,
-        "description": description + " (letters, digits and _.:@+-).",
-    }
+    return id_schema(description + " (letters, digits and _.:@+-).")
 
 
 def _object(

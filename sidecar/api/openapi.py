@@ -7,6 +7,7 @@ from typing import Any
 
 from sidecar import __version__
 from sidecar.api.usage_openapi import USAGE_SCHEMAS, usage_paths
+from sidecar.validation import id_schema
 
 JSON = "application/json"
 
@@ -23,7 +24,7 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
     return {"anyOf": [schema, {"type": "null"}]}
 
 
-_ID = {"type": "string", "maxLength": 255, "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.:@+\-]*$"}
+_ID = id_schema()
 _DATE_TIME = {"type": "string", "format": "date-time"}
 _OBJECT = {"type": "object", "additionalProperties": True}
 

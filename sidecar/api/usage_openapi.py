@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from sidecar.validation import id_schema
+
 JSON = "application/json"
-_ID = {"type": "string", "maxLength": 255, "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.:@+\-]*$"}
+_ID = id_schema()
 _DATE_TIME = {"type": "string", "format": "date-time"}
 _DIMENSIONS = {
     "type": "object",

@@ -42,10 +42,6 @@ class TieredCache(Generic[V]):
         self._l2 = l2
         self.faults = faults if faults is not None else RedisFaults()
 
-    def get_nowait(self, key: CacheKey) -> CacheEntry[V] | None:
-        """The local entry (the hot path: no await)."""
-        return self.l1.get_nowait(key)
-
     async def get_shared(self, key: CacheKey) -> CacheEntry[V] | None:
         """The shared entry, copied into L1; None without L2, on a miss or a Redis fault."""
         if self._l2 is None:

@@ -11,8 +11,9 @@ import sys
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, NamedTuple
+
+from sidecar.timestamps import format_epoch, parse_timestamp
 
 # Stigg's AccessDeniedReason enum names (a subset is produced locally).
 CUSTOMER_NOT_FOUND = "CustomerNotFound"
@@ -22,21 +23,6 @@ REQUESTED_USAGE_EXCEEDING_LIMIT = "RequestedUsageExceedingLimit"
 REQUESTED_VALUES_MISMATCH = "RequestedValuesMismatch"
 
 METERED = ("Incremental", "Fluctuating")
-
-
-def parse_timestamp(value: Any) -> float | None:
-    """Stigg's DateTime (ISO-8601) or epoch-milliseconds as epoch seconds."""
-    if value is None:
-        return None
-    if isinstance(value, int | float):
-        return float(value) / 1000.0
-    text = str(value)
-    if text.endswith("Z"):
-        text = text[:-1] + "+00:00"
-    try:
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        return None
 
 
 def _number(value: Any) -> float | None:
@@ -230,9 +216,7 @@ class CheckRequest(NamedTuple):
 @functools.lru_cache(maxsize=4096)
 def _iso(epoch: float | None) -> str | None:
     """Cached: the same few period boundaries are formatted for every check."""
-    if epoch is None:
-        return None
-    return datetime.fromtimestamp(epoch, tz=UTC).isoformat().replace("+00:00", "Z")
+    return None if epoch is None else format_epoch(epoch)
 
 
 def _current_usage(entitlement: FeatureEntitlement, now: float) -> float | None:

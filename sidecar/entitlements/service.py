@@ -84,6 +84,8 @@ class EntitlementService:
         self._cache = cache
         self._settings = settings
         self.store = store
+        # The hot path reads L1 directly (through its protocol): one call less per check.
+        self._l1 = store.l1
         self._replication = replication
         self._clock = clock
         self._inflight: dict[CacheKey, asyncio.Task[EntitlementsState]] = {}
@@ -108,7 +110,7 @@ class EntitlementService:
         """One feature's answer; never raises for Stigg failures (the fallback chain answers)."""
         key = (request.customer_id, request.resource_id)
         now = self._clock()
-        entry = self.store.get_nowait(key)
+        entry = self._l1.get_nowait(key)
         if entry is not None and entry.is_fresh(now):
             self._hit(key, entry, now)
             return self._count(evaluate(entry.value, request, now), "hit")
@@ -128,7 +130,7 @@ class EntitlementService:
         key = (request.customer_id, request.resource_id)
         if request.requested_usage is None and request.requested_values is None:
             now = self._clock()
-            entry = self.store.get_nowait(key)
+            entry = self._l1.get_nowait(key)
             if entry is not None and entry.is_fresh(now):
                 self._hit(key, entry, now)
                 render_key = (*key, request.feature_id)
@@ -145,7 +147,7 @@ class EntitlementService:
     @property
     def l1(self) -> LocalStore[EntitlementsState]:
         """This replica's memory cache (its size is a metric and a readiness reason)."""
-        return self.store.l1
+        return self._l1
 
     def _hit(self, key: CacheKey, entry: CacheEntry[EntitlementsState], now: float) -> None:
         self.stats.hits += 1
@@ -157,7 +159,7 @@ class EntitlementService:
         """All of the customer's entitlements (config fallbacks when nothing else can answer)."""
         key = (customer_id, resource_id)
         now = self._clock()
-        entry = self.store.get_nowait(key)
+        entry = self._l1.get_nowait(key)
         if entry is not None and entry.is_fresh(now):
             return _listing(entry.value, resource_id, now, "cache")
         fetched, source, stale = await self._resolve(key, entry)
@@ -393,7 +395,7 @@ class EntitlementService:
     def _cached_entitlement(
         self, customer_id: str, resource_id: str | None, feature_id: str
     ) -> tuple[CacheEntry[EntitlementsState], FeatureEntitlement] | None:
-        entry = self.store.get_nowait((customer_id, resource_id))
+        entry = self._l1.get_nowait((customer_id, resource_id))
         if entry is None:
             return None
         old = entry.value.entitlements.get(feature_id)

@@ -65,3 +65,41 @@ class StiggError(UpstreamError):
         self.stigg_code = stigg_code
         self.is_validation_error = is_validation_error
         self.code = stigg_code
+
+
+# The one reading of Stigg's error codes, shared by the API's status mapping and the usage
+# flusher's choice between retrying and dead-lettering.
+NOT_FOUND_CODES = frozenset(
+    {
+        "CustomerNotFound",
+        "PlanNotFound",
+        "SubscriptionNotFound",
+        "FeatureNotFound",
+        "CustomerResourceNotFound",
+        "AddonNotFound",
+    }
+)
+CONFLICT_CODES = frozenset({"DuplicatedEntityNotAllowed", "SubscriptionAlreadyCanceledOrExpired"})
+INVALID_CODES = frozenset(
+    {
+        "BadUserInput",
+        "BAD_USER_INPUT",
+        "InvalidArgumentError",
+        "InvalidQuantity",
+        "GRAPHQL_VALIDATION_FAILED",
+        "MeteringNotAvailableForFeatureType",
+        "NoActiveSubscriptionForCustomer",
+    }
+)
+
+
+def classify(exc: StiggError) -> str:
+    """``not_found``, ``conflict``, ``invalid`` (the request itself is wrong: sending it
+    again cannot help) or ``other``."""
+    if exc.stigg_code in NOT_FOUND_CODES:
+        return "not_found"
+    if exc.stigg_code in CONFLICT_CODES:
+        return "conflict"
+    if exc.is_validation_error or exc.stigg_code in INVALID_CODES:
+        return "invalid"
+    return "other"

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
+from sidecar.timestamps import format_epoch, parse_iso
 from sidecar.usage.spool import Batch, BatchItem, Entry
-from sidecar.validation import iso
 
 _UsageKey = tuple[str, str, str | None]
 _GroupKey = tuple[_UsageKey, bytes, int]
@@ -41,10 +40,6 @@ def _stigg_payload(record: dict[str, Any], *, kind: str) -> dict[str, Any]:
     if kind == "usage" and "timestamp" in payload:
         payload["createdAt"] = payload.pop("timestamp")
     return payload
-
-
-def _epoch(text: str) -> float:
-    return datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text).timestamp()
 
 
 @dataclass(slots=True)
@@ -73,7 +68,7 @@ def build_usage_batch(
         behavior = record["updateBehavior"]
         if coalesce and behavior == "DELTA" and not record["keyFromClient"]:
             timestamp = record.get("timestamp")
-            bucket = int(_epoch(timestamp) // window_seconds) if timestamp else 0
+            bucket = int(parse_iso(timestamp).timestamp() // window_seconds) if timestamp else 0
             group: _GroupKey = (
                 usage_key,
                 orjson.dumps(record.get("dimensions"), option=orjson.OPT_SORT_KEYS),
@@ -112,7 +107,7 @@ def _finish(draft: _Draft, batch_id: str, n: int) -> BatchItem:
     payload["idempotencyKey"] = f"sidecar-batch-{batch_id}-{n}"
     stamps = [m.record["timestamp"] for m in draft.members if m.record.get("timestamp")]
     if stamps:
-        payload["createdAt"] = iso(datetime.fromtimestamp(max(map(_epoch, stamps)), UTC))
+        payload["createdAt"] = format_epoch(max(parse_iso(stamp).timestamp() for stamp in stamps))
     return BatchItem(payload, sources)
 
 

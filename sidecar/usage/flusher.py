@@ -38,6 +38,7 @@ from sidecar.upstream.errors import (
     UpstreamRateLimited,
     UpstreamTimeout,
     UpstreamUnavailable,
+    classify,
 )
 from sidecar.usage.batching import Pending, build_event_batch, build_usage_batch
 from sidecar.usage.model import Kind
@@ -46,21 +47,6 @@ from sidecar.usage.spool import Batch, Spool, new_batch_id
 from sidecar.usage.stats import UsageStats
 
 log = logging.getLogger(__name__)
-
-# Stigg codes that mean "this usage is wrong", as opposed to a failure worth retrying.
-REJECTION_CODES = frozenset(
-    {
-        "BadUserInput",
-        "BAD_USER_INPUT",
-        "InvalidArgumentError",
-        "GRAPHQL_VALIDATION_FAILED",
-        "CustomerNotFound",
-        "FeatureNotFound",
-        "CustomerResourceNotFound",
-        "MeteringNotAvailableForFeatureType",
-        "NoActiveSubscriptionForCustomer",
-    }
-)
 
 
 def _never(_: Mapping[str, Any]) -> bool:
@@ -81,7 +67,9 @@ class _LostLease(Exception):
 
 
 def is_rejection(exc: StiggError) -> bool:
-    return exc.is_validation_error or exc.stigg_code in REJECTION_CODES
+    """Stigg refused the usage itself (unknown customer or feature, invalid): retrying the
+    same items cannot succeed, so they are split out and dead-lettered."""
+    return classify(exc) in ("not_found", "invalid")
 
 
 class Flusher:

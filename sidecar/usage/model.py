@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sidecar.validation import Fields, ValidationError, check_number, iso
+from sidecar.timestamps import format_iso as iso
+from sidecar.timestamps import parse_iso
+from sidecar.validation import Fields, ValidationError, check_number
 
 Kind = Literal["usage", "event"]
 KINDS: tuple[Kind, ...] = ("usage", "event")
@@ -94,7 +96,7 @@ class UsageReport:
             idempotency_key=record["idempotencyKey"],
             key_from_client=bool(record["keyFromClient"]),
             resource_id=record.get("resourceId"),
-            timestamp=_from_iso(timestamp) if timestamp else None,
+            timestamp=parse_iso(timestamp) if timestamp else None,
             dimensions=record.get("dimensions"),
         )
 
@@ -206,7 +208,7 @@ class EventReport:
             idempotency_key=record["idempotencyKey"],
             key_from_client=bool(record["keyFromClient"]),
             resource_id=record.get("resourceId"),
-            timestamp=_from_iso(timestamp) if timestamp else None,
+            timestamp=parse_iso(timestamp) if timestamp else None,
             dimensions=record.get("dimensions"),
         )
 
@@ -256,7 +258,3 @@ def _parse_list(data: dict[str, Any], name: str, max_reports: int, parse: Any) -
     if len(items) > max_reports:
         raise ValidationError(name, f"must have at most {max_reports} items, got {len(items)}")
     return [parse(item, path=f"{name}[{index}]") for index, item in enumerate(items)]
-
-
-def _from_iso(text: str) -> datetime:
-    return datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
