@@ -34,10 +34,6 @@ def _load(name: str, root_field: str, retry_safe: Callable[[Mapping[str, Any]], 
     return Operation(name=name, root_field=root_field, document=text, retry_safe=retry_safe)
 
 
-def _usage_has_key(variables: Mapping[str, Any]) -> bool:
-    return bool(variables["input"].get("idempotencyKey"))
-
-
 def _bulk_has_keys(variables: Mapping[str, Any]) -> bool:
     return all(usage.get("idempotencyKey") for usage in variables["input"]["usages"])
 
@@ -48,7 +44,6 @@ PROVISION_CUSTOMER = _load("ProvisionCustomer", "provisionCustomer", _never)
 PROVISION_SUBSCRIPTION = _load("ProvisionSubscription", "provisionSubscriptionV2", _never)
 # Cancelling twice ends in the same state; Stigg answers the repeat with an error we map.
 CANCEL_SUBSCRIPTION = _load("CancelSubscription", "cancelSubscription", _never)
-REPORT_USAGE = _load("ReportUsage", "reportUsage", _usage_has_key)
 REPORT_USAGE_BULK = _load("ReportUsageBulk", "reportUsageBulk", _bulk_has_keys)
 # Every event carries a required idempotency key, so a resend is never counted twice.
 REPORT_EVENT = _load("ReportEvent", "reportEvent", _always)
@@ -63,7 +58,6 @@ ALL_OPERATIONS = (
     PROVISION_CUSTOMER,
     PROVISION_SUBSCRIPTION,
     CANCEL_SUBSCRIPTION,
-    REPORT_USAGE,
     REPORT_USAGE_BULK,
     REPORT_EVENT,
     ON_ENTITLEMENTS_UPDATED,

@@ -142,13 +142,6 @@ class Flusher:
             return False
         return True
 
-    async def cancel(self) -> None:
-        task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
     # --- the loop -----------------------------------------------------------------------------
 
     async def run(self) -> None:

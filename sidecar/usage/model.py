@@ -9,7 +9,6 @@ from datetime import datetime
 from typing import Any, Literal
 
 from sidecar.timestamps import format_iso as iso
-from sidecar.timestamps import parse_iso
 from sidecar.validation import Fields, ValidationError, check_number
 
 Kind = Literal["usage", "event"]
@@ -44,28 +43,6 @@ class UsageReport:
     timestamp: datetime | None = None
     dimensions: dict[str, str | int | float | bool] | None = None
 
-    def to_stigg(self) -> dict[str, Any]:
-        """``ReportUsageBaseInput`` (the shape shared by reportUsage and reportUsageBulk)."""
-        usage: dict[str, Any] = {
-            "customerId": self.customer_id,
-            "featureId": self.feature_id,
-            "value": self.value,
-            "updateBehavior": self.update_behavior,
-            "idempotencyKey": self.idempotency_key,
-        }
-        if self.resource_id is not None:
-            usage["resourceId"] = self.resource_id
-        if self.timestamp is not None:
-            usage["createdAt"] = iso(self.timestamp)
-        if self.dimensions:
-            usage["dimensions"] = self.dimensions
-        return usage
-
-    @property
-    def usage_key(self) -> tuple[str, str, str | None]:
-        """What Stigg keeps one ``currentUsage`` for; reports for one key must stay in order."""
-        return (self.customer_id, self.feature_id, self.resource_id)
-
     def to_record(self) -> dict[str, Any]:
         """The spooled form: the API's field names, so dead letters read like the request."""
         record: dict[str, Any] = {
@@ -83,22 +60,6 @@ class UsageReport:
         if self.dimensions:
             record["dimensions"] = self.dimensions
         return record
-
-    @classmethod
-    def from_record(cls, record: dict[str, Any]) -> UsageReport:
-        """Back from ``to_record`` (already validated when it was accepted)."""
-        timestamp = record.get("timestamp")
-        return cls(
-            customer_id=record["customerId"],
-            feature_id=record["featureId"],
-            value=float(record["value"]),
-            update_behavior=record["updateBehavior"],
-            idempotency_key=record["idempotencyKey"],
-            key_from_client=bool(record["keyFromClient"]),
-            resource_id=record.get("resourceId"),
-            timestamp=parse_iso(timestamp) if timestamp else None,
-            dimensions=record.get("dimensions"),
-        )
 
 
 def parse_usage(data: Any, *, path: str = "") -> UsageReport:
@@ -198,19 +159,6 @@ class EventReport:
 
     def to_record(self) -> dict[str, Any]:
         return {**self.to_stigg(), "keyFromClient": self.key_from_client}
-
-    @classmethod
-    def from_record(cls, record: dict[str, Any]) -> EventReport:
-        timestamp = record.get("timestamp")
-        return cls(
-            event_name=record["eventName"],
-            customer_id=record["customerId"],
-            idempotency_key=record["idempotencyKey"],
-            key_from_client=bool(record["keyFromClient"]),
-            resource_id=record.get("resourceId"),
-            timestamp=parse_iso(timestamp) if timestamp else None,
-            dimensions=record.get("dimensions"),
-        )
 
 
 def parse_event(data: Any, *, path: str = "") -> EventReport:

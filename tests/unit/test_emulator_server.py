@@ -289,10 +289,14 @@ async def test_sidecar_documents_execute(http: httpx.AsyncClient) -> None:
     )
     assert canceled["status"] == "CANCELED"
     reported = await run(
-        documents.REPORT_USAGE,
-        {"input": {"customerId": "c-http", "featureId": "feature-api-calls", "value": 2}},
+        documents.REPORT_USAGE_BULK,
+        {
+            "input": {
+                "usages": [{"customerId": "c-http", "featureId": "feature-api-calls", "value": 2}]
+            }
+        },
     )
-    assert reported["currentUsage"] == 2
+    assert [m["currentUsage"] for m in reported] == [2]
     bulk = await run(
         documents.REPORT_USAGE_BULK,
         {

@@ -158,11 +158,13 @@ async def test_write_is_retried_when_it_never_reached_stigg() -> None:
 
 async def test_usage_with_idempotency_key_is_retried() -> None:
     usage = {"customerId": "c", "featureId": "f", "value": 1, "idempotencyKey": "k1"}
-    recorder = Recorder(raises(httpx.ReadTimeout), ok({"reportUsage": {"currentUsage": 1}}))
-    result = await client(recorder).execute(documents.REPORT_USAGE, {"input": usage})
-    assert result == {"currentUsage": 1}
+    recorder = Recorder(raises(httpx.ReadTimeout), ok({"reportUsageBulk": [{"currentUsage": 1}]}))
+    variables = {"input": {"usages": [usage]}}
+    result = await client(recorder).execute(documents.REPORT_USAGE_BULK, variables)
+    assert result == [{"currentUsage": 1}]
     sent = [
-        json.loads(r.content)["variables"]["input"]["idempotencyKey"] for r in recorder.requests
+        json.loads(r.content)["variables"]["input"]["usages"][0]["idempotencyKey"]
+        for r in recorder.requests
     ]
     assert sent == ["k1", "k1"]
 

@@ -151,8 +151,10 @@ async def make_service(tmp_path: Path) -> Any:
 
 async def crash(service: UsageService) -> None:
     """What kill -9 leaves: no drain, no acknowledgement, the spool as it is on disk."""
-    for flusher in service.flushers.values():
-        await flusher.cancel()
+    tasks = [flusher._task for flusher in service.flushers.values() if flusher._task is not None]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     await service.spool.close()
 
 
