@@ -25,12 +25,14 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sidecar.backoff import full_jitter
 from sidecar.config import UsageSettings
 from sidecar.upstream import documents
 from sidecar.upstream.client import Upstream
+from sidecar.upstream.documents import Operation
 from sidecar.upstream.errors import (
     StiggError,
     UpstreamAuthError,
@@ -62,6 +64,65 @@ class ConfirmedListener(Protocol):
     def __call__(self, measurements: Sequence[Mapping[str, Any]]) -> Awaitable[None]: ...
 
 
+@dataclass(frozen=True)
+class KindPolicy:
+    """What differs between flushing usage and flushing raw events."""
+
+    kind: Kind
+    operation: Operation
+    calls_per_minute: int
+    max_items: int
+    # The operation's variables for a batch's item payloads.
+    variables: Callable[[list[Any]], dict[str, Any]]
+    # The next batch out of the pending reports: (batch, reports it used).
+    build: Callable[[Sequence[Pending], str], tuple[Batch, int]]
+    # Told what Stigg answered to a delivered batch (its figures reconcile the cache).
+    reconcile: ConfirmedListener | None = None
+    # Whether this flusher's lease shows in ``UsageStats.leader``.
+    shows_leadership: bool = False
+
+
+def usage_policy(settings: UsageSettings, reconcile: ConfirmedListener | None = None) -> KindPolicy:
+    """``reportUsageBulk``: reports coalesced per usage key, Stigg's figures reconciled."""
+
+    def build(pending: Sequence[Pending], batch_id: str) -> tuple[Batch, int]:
+        return build_usage_batch(
+            pending,
+            batch_id,
+            max_items=settings.max_batch_size,
+            max_reports=settings.max_reports_per_batch,
+            coalesce=settings.coalesce,
+            window_seconds=settings.coalesce_window_seconds,
+        )
+
+    return KindPolicy(
+        "usage",
+        REPORT_USAGE_BULK,
+        settings.calls_per_minute,
+        settings.max_batch_size,
+        lambda items: {"input": {"usages": items}},
+        build,
+        reconcile,
+        shows_leadership=True,
+    )
+
+
+def event_policy(settings: UsageSettings) -> KindPolicy:
+    """``reportEvent``: events sent as they are, each with its own key."""
+
+    def build(pending: Sequence[Pending], batch_id: str) -> tuple[Batch, int]:
+        return build_event_batch(pending, batch_id, max_items=settings.max_event_batch_size)
+
+    return KindPolicy(
+        "event",
+        REPORT_EVENT,
+        settings.event_calls_per_minute,
+        settings.max_event_batch_size,
+        lambda items: {"input": {"usageEvents": items}},
+        build,
+    )
+
+
 class _LostLease(Exception):
     """Another replica took over flushing; forget what this one had in hand."""
 
@@ -77,33 +138,27 @@ class Flusher:
 
     def __init__(
         self,
-        kind: Kind,
+        policy: KindPolicy,
         *,
         spool: Spool,
         upstream: Upstream,
         settings: UsageSettings,
         stats: UsageStats,
-        on_confirmed: ConfirmedListener | None = None,
         bucket: TokenBucket | None = None,
         clock: Callable[[], float] = time.time,
         rng: Callable[[float, float], float] = random.uniform,
     ) -> None:
-        self.kind = kind
+        self.kind = policy.kind
+        self._policy = policy
         self._spool = spool
         self._upstream = upstream
         self._settings = settings
         self._stats = stats
-        self._kind_stats = stats.kinds[kind]
-        self._on_confirmed = on_confirmed
-        per_minute = (
-            settings.calls_per_minute if kind == "usage" else settings.event_calls_per_minute
-        )
-        self._bucket = bucket or TokenBucket(per_minute)
+        self._kind_stats = stats.kinds[policy.kind]
+        self._bucket = bucket or TokenBucket(policy.calls_per_minute)
         self._clock = clock
         self._rng = rng
-        self._max_items = (
-            settings.max_batch_size if kind == "usage" else settings.max_event_batch_size
-        )
+        self._max_items = policy.max_items
         self._fetch_limit = max(settings.max_reports_per_batch, self._max_items)
         self._buffer: list[Pending] = []
         self._wake = asyncio.Event()
@@ -195,7 +250,7 @@ class Flusher:
             # Standing by: try for the lease a few times per lease period, not at poll rate.
             await self._wait(self._settings.claim_idle_seconds / 3, poll=False)
             return False
-        if self.kind == "usage":
+        if self._policy.shows_leadership:
             self._stats.leader = True
         if not self._resumed:
             for batch in await self._spool.open_batches(self.kind):
@@ -226,16 +281,7 @@ class Flusher:
         return False
 
     def _build(self) -> tuple[Batch, int]:
-        if self.kind == "usage":
-            return build_usage_batch(
-                self._buffer,
-                new_batch_id(),
-                max_items=self._max_items,
-                max_reports=self._settings.max_reports_per_batch,
-                coalesce=self._settings.coalesce,
-                window_seconds=self._settings.coalesce_window_seconds,
-            )
-        return build_event_batch(self._buffer, new_batch_id(), max_items=self._max_items)
+        return self._policy.build(self._buffer, new_batch_id())
 
     def _ready(self) -> tuple[Batch, int] | float:
         """The batch to send now, or how long to wait for it to fill up."""
@@ -284,12 +330,6 @@ class Flusher:
                 raise _LostLease
             queue.extendleft(reversed(parts))
 
-    def _variables(self, batch: Batch) -> dict[str, Any]:
-        items = [item.payload for item in batch.items]
-        if self.kind == "usage":
-            return {"input": {"usages": items}}
-        return {"input": {"usageEvents": items}}
-
     def _backoff(self, attempt: int) -> float:
         return full_jitter(
             attempt,
@@ -300,8 +340,8 @@ class Flusher:
 
     async def _send(self, batch: Batch) -> StiggError | None:
         """Deliver ``batch`` once; None when acknowledged, the error when rejected as invalid."""
-        operation = REPORT_USAGE_BULK if self.kind == "usage" else REPORT_EVENT
-        variables = self._variables(batch)
+        operation = self._policy.operation
+        variables = self._policy.variables([item.payload for item in batch.items])
         attempt = 0
         while True:
             await self._bucket.acquire()
@@ -390,8 +430,9 @@ class Flusher:
             for _, accepted_at in item.sources:
                 stats.delivered += 1
                 stats.delivery_seconds.observe(max(0.0, now - accepted_at))
-        if self._on_confirmed is not None and isinstance(result, list):
+        reconcile = self._policy.reconcile
+        if reconcile is not None and isinstance(result, list):
             try:
-                await self._on_confirmed(result)
+                await reconcile(result)
             except Exception:
                 log.exception("usage listener failed on confirmed usage")

@@ -23,9 +23,9 @@ import orjson
 from sidecar.config import Settings, UsageSettings
 from sidecar.redis_namespace import RedisNamespace
 from sidecar.upstream.client import Upstream
-from sidecar.usage.flusher import Flusher
+from sidecar.usage.flusher import Flusher, event_policy, usage_policy
 from sidecar.usage.listener import UsageListener, changes_of, figures_of
-from sidecar.usage.model import KINDS, EventReport, Kind, UsageReport
+from sidecar.usage.model import EventReport, Kind, UsageReport
 from sidecar.usage.spool import DeadLetter, NewReport, Spool, SpoolFull
 from sidecar.usage.sqlite_spool import SqliteSpool
 from sidecar.usage.stats import UsageStats
@@ -73,16 +73,18 @@ class UsageService:
         self._maintenance: asyncio.Task[None] | None = None
         self._cleanup = list(cleanup)
         self.flushers: dict[Kind, Flusher] = {
-            kind: Flusher(
-                kind,
+            policy.kind: Flusher(
+                policy,
                 spool=spool,
                 upstream=upstream,
                 settings=settings,
                 stats=self.stats,
-                on_confirmed=self._confirmed if listener and kind == "usage" else None,
                 clock=clock,
             )
-            for kind in KINDS
+            for policy in (
+                usage_policy(settings, self._confirmed if listener is not None else None),
+                event_policy(settings),
+            )
         }
 
     @classmethod
