@@ -15,12 +15,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tests.conftest import free_port
+from tests.eventually import eventually_blocking
 from tests.integration.usage_processes import (
     EmulatorProcess,
     SidecarProcess,
     emulator_process,
     sidecar_env,
-    wait_for,
 )
 
 SPOOLS = ("sqlite", "sqlite-normal", "redis")
@@ -84,4 +84,4 @@ def _none() -> Iterator[str]:
 
 
 def drain(sidecar: SidecarProcess, seconds: float = 300) -> None:
-    wait_for(sidecar.drained, seconds, "the spool did not drain", interval=0.1)
+    eventually_blocking(sidecar.drained, seconds, "the spool did not drain", interval=0.1)

@@ -3,7 +3,6 @@ and a real redis-server for integration tests."""
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
 import socket
@@ -64,11 +63,18 @@ def sidecar_settings(api_url: str, **stigg: object) -> Settings:
     )
 
 
+_DATA_ROOT: list[Path] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _data_root(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Data directories live under pytest's own temporary directory (pytest prunes it)."""
+    _DATA_ROOT.append(tmp_path_factory.mktemp("data"))
+
+
 def temporary_data_dir() -> Path:
-    """A fresh data directory (usage spool) that is removed when the test run ends."""
-    path = Path(tempfile.mkdtemp(prefix="stigg-sidecar-test-"))
-    atexit.register(shutil.rmtree, path, True)
-    return path
+    """A fresh data directory (usage spool) under the run's temporary directory."""
+    return Path(tempfile.mkdtemp(prefix="stigg-sidecar-test-", dir=_DATA_ROOT[-1]))
 
 
 async def start_sidecar(settings: Settings) -> TestClient[web.Request, web.Application]:

@@ -1,1 +1,2 @@
-"""Entitlement-state caches: one ``CacheStore`` protocol, a memory and a Redis implementation."""
+"""Entitlement-state caches: the ``CacheStore`` protocol with a memory (L1) and a Redis (L2)
+implementation, the tiered cache over both, and replication between replicas."""

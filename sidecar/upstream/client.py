@@ -106,14 +106,17 @@ class StiggClient:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         observer: Observer | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock`` (monotonic seconds) runs the circuit breaker and ``last_answer_at``."""
         self._settings = settings
+        self._clock = clock
         self.observer = observer
         # Monotonic time of Stigg's last answer (any answer, even an error): readiness.
         self.last_answer_at: float | None = None
         self._url = settings.api_url
         self.breaker = CircuitBreaker(
-            settings.breaker_failure_threshold, settings.breaker_cooldown_seconds
+            settings.breaker_failure_threshold, settings.breaker_cooldown_seconds, clock
         )
         timeout = httpx.Timeout(
             connect=settings.connect_timeout_seconds,
@@ -191,14 +194,14 @@ class StiggClient:
                 self.breaker.failure()
             else:
                 self.breaker.success()
-                self.last_answer_at = time.monotonic()
+                self.last_answer_at = self._clock()
             raise
         except BaseException:
             self.breaker.failure()  # e.g. cancelled: never leave a probe hanging half-open
             raise
         self._observe(name, None, started)
         self.breaker.success()
-        self.last_answer_at = time.monotonic()
+        self.last_answer_at = self._clock()
         return result
 
     def health(self) -> UpstreamHealth:

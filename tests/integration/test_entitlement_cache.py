@@ -4,7 +4,6 @@ replicas sharing a real Redis, and a warm start from Redis."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -19,6 +18,7 @@ from sidecar.config import CacheSettings, Secret, Settings
 from sidecar.emulator import EmulatorServer
 from sidecar.services import SERVICES
 from tests.conftest import API_KEY, sidecar_settings, start_sidecar
+from tests.eventually import eventually
 
 Client = TestClient[web.Request, web.Application]
 DEMO_CALLS = "/v1/entitlements?customerId=customer-demo&featureId=feature-api-calls"
@@ -41,19 +41,6 @@ async def stigg(emulator: EmulatorServer, query: str, variables: dict[str, Any])
     body = response.json()
     assert "errors" not in body, body
     return body["data"]
-
-
-async def eventually(condition: Any, timeout: float = 3.0) -> float:
-    """Seconds until ``condition()`` (sync or async) is true; fails after ``timeout``."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        result = condition()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return time.monotonic() - start
-        await asyncio.sleep(0.005)
-    raise AssertionError("condition not met in time")
 
 
 async def check(client: Client, path: str = DEMO_CALLS) -> dict[str, Any]:

@@ -21,12 +21,12 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.eventually import eventually_blocking
 from tests.integration.usage_processes import (
     EmulatorProcess,
     SidecarProcess,
     emulator_process,
     sidecar_env,
-    wait_for,
 )
 
 pytestmark = pytest.mark.integration
@@ -147,8 +147,8 @@ def run_crash_cycles(emulator: EmulatorProcess, env: dict[str, str], prefix: str
     final = SidecarProcess(env)
     try:
         resend_keyed(final, ledger)
-        wait_for(final.drained, 60, "the spool did not drain after the last restart")
-        wait_for(lambda: final.stats()["usage"]["accepted"] >= 0, 1, "stats")
+        eventually_blocking(final.drained, 60, "the spool did not drain after the last restart")
+        eventually_blocking(lambda: final.stats()["usage"]["accepted"] >= 0, 1, "stats")
     finally:
         assert final.terminate() == 0
     assert sum(ledger.known.values()) > 0
@@ -192,14 +192,18 @@ def test_kill_9_between_send_and_ack_resends_the_same_keys(tmp_path: Path) -> No
         keyed = [{**unkeyed[0], "idempotencyKey": f"send-ack-{n}"} for n in range(5)]
         response = sidecar.http.post("/v1/usage", json={"usages": unkeyed + keyed})
         assert response.status_code == 202
-        wait_for(lambda: emulator.counters()["faultedRequests"] >= 1, 10, "no batch was sent")
+        eventually_blocking(
+            lambda: emulator.counters()["faultedRequests"] >= 1, 10, "no batch was sent"
+        )
         sidecar.kill9()
         # Stigg received the batch; the sidecar died before it could record the answer.
         emulator.admin("DELETE", "/admin/faults")
-        wait_for(lambda: emulator.usage("customer-demo") == 1200 + 70, 10, "hung call applied")
+        eventually_blocking(
+            lambda: emulator.usage("customer-demo") == 1200 + 70, 10, "hung call applied"
+        )
         restarted = SidecarProcess(env)
         try:
-            wait_for(restarted.drained, 30, "not drained")
+            eventually_blocking(restarted.drained, 30, "not drained")
             assert restarted.stats()["usage"]["delivered"] == 35
         finally:
             assert restarted.terminate() == 0

@@ -18,12 +18,12 @@ from aiohttp.test_utils import TestClient
 from sidecar.config import Secret, UsageSettings
 from sidecar.emulator import EmulatorServer
 from tests.conftest import sidecar_settings, start_sidecar
+from tests.eventually import eventually_blocking
 from tests.integration.usage_processes import (
     RedisProcess,
     SidecarProcess,
     emulator_process,
     sidecar_env,
-    wait_for,
 )
 
 pytestmark = pytest.mark.integration
@@ -58,7 +58,9 @@ def test_a_dead_replica_s_reports_are_claimed_and_delivered_by_the_other(
         )
         first, second = SidecarProcess(env), SidecarProcess(env)
         try:
-            wait_for(lambda: first.stats()["leader"] or second.stats()["leader"], 10, "no leader")
+            eventually_blocking(
+                lambda: first.stats()["leader"] or second.stats()["leader"], 10, "no leader"
+            )
             leader, survivor = (first, second) if first.stats()["leader"] else (second, first)
             assert not survivor.stats()["leader"]
             # Stigg hangs: the leader sends its first batch and keeps the rest in hand.
@@ -74,11 +76,17 @@ def test_a_dead_replica_s_reports_are_claimed_and_delivered_by_the_other(
                 for payload in ({"usages": unkeyed}, body):
                     assert sidecar.http.post("/v1/usage", json=payload).status_code == 202
                 sent += 150
-            wait_for(lambda: emulator.counters()["faultedRequests"] >= 1, 10, "nothing sent")
-            wait_for(lambda: leader.stats()["spooled"]["openBatches"] >= 1, 5, "no batch in hand")
+            eventually_blocking(
+                lambda: emulator.counters()["faultedRequests"] >= 1, 10, "nothing sent"
+            )
+            eventually_blocking(
+                lambda: leader.stats()["spooled"]["openBatches"] >= 1, 5, "no batch in hand"
+            )
             leader.kill9()
             emulator.admin("DELETE", "/admin/faults")  # the hung call is applied after all
-            wait_for(survivor.drained, 30, "the survivor did not deliver the dead one's reports")
+            eventually_blocking(
+                survivor.drained, 30, "the survivor did not deliver the dead one's reports"
+            )
             stats = survivor.stats()
             assert stats["leader"]
             assert stats["usage"]["claimed"] > 0  # XAUTOCLAIM took over what the leader read
@@ -259,7 +267,7 @@ def test_sigterm_deadline_leaves_the_rest_for_the_next_start(tmp_path: Path) -> 
         before = emulator.usage("customer-enterprise")
         body = {"usages": [keyed(n, "customer-enterprise") for n in range(50)]}
         assert sidecar.http.post("/v1/usage", json=body).status_code == 202
-        wait_for(lambda: emulator.counters()["faultedRequests"] >= 1, 10, "nothing sent")
+        eventually_blocking(lambda: emulator.counters()["faultedRequests"] >= 1, 10, "nothing sent")
         sidecar.process.send_signal(signal.SIGTERM)
         started = time.monotonic()
         # Stops accepting at once, then gives up on the hung call at the deadline.
@@ -269,7 +277,7 @@ def test_sigterm_deadline_leaves_the_rest_for_the_next_start(tmp_path: Path) -> 
         emulator.admin("DELETE", "/admin/faults")
         restarted = SidecarProcess(env)
         try:
-            wait_for(restarted.drained, 15, "not delivered after the restart")
+            eventually_blocking(restarted.drained, 15, "not delivered after the restart")
         finally:
             assert restarted.terminate() == 0
         assert emulator.usage("customer-enterprise") == before + 50

@@ -18,18 +18,7 @@ import httpx
 
 from sidecar.upstream import documents
 from tests.conftest import API_KEY, CATALOG, REPO, free_port
-
-
-def wait_for(condition: Any, seconds: float, message: str, interval: float = 0.05) -> Any:
-    """Poll ``condition`` until it returns something truthy, for at most ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {seconds} s: {message}")
-        time.sleep(interval)
+from tests.eventually import eventually_blocking
 
 
 class EmulatorProcess:
@@ -146,7 +135,7 @@ class SidecarProcess:
         )
         self.http = httpx.Client(base_url=self.base, timeout=10)
         try:
-            wait_for(self._ready, 30, f"sidecar on port {self.port} did not start")
+            eventually_blocking(self._ready, 30, f"sidecar on port {self.port} did not start")
         except BaseException:
             self.close()  # never leave a half-started sidecar running after the test
             raise
@@ -229,7 +218,7 @@ class RedisProcess:
             except OSError:
                 return False
 
-        wait_for(pong, 10, f"redis-server did not start on port {self.port}")
+        eventually_blocking(pong, 10, f"redis-server did not start on port {self.port}")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -21,6 +21,7 @@ from sidecar.updates import UsageChange, UsageFigure
 from sidecar.upstream.documents import Operation
 from sidecar.upstream.errors import UpstreamRateLimited, UpstreamUnavailable
 from tests.cache_suite import FakeClock
+from tests.eventually import eventually
 
 
 def stigg_state(
@@ -50,12 +51,11 @@ def stigg_state(
 
 
 class FakeUpstream:
-    """Answers entitlementsState from ``states``; can be slowed down or made to fail."""
+    """Answers entitlementsState from ``states``; can be held at a gate or made to fail."""
 
     def __init__(self) -> None:
         self.states: dict[str, dict[str, Any]] = {}
         self.calls = 0
-        self.delay = 0.0
         self.failure: Exception | None = None
         self.gate: asyncio.Event | None = None
 
@@ -64,8 +64,6 @@ class FakeUpstream:
         self.calls += 1
         if self.gate is not None:
             await self.gate.wait()
-        if self.delay:
-            await asyncio.sleep(self.delay)
         if self.failure is not None:
             raise self.failure
         customer_id = variables["query"]["customerId"]
@@ -126,10 +124,13 @@ async def test_second_check_is_served_from_memory(upstream: FakeUpstream, clock:
 async def test_thousand_concurrent_first_checks_make_one_call(
     upstream: FakeUpstream, clock: FakeClock
 ) -> None:
-    upstream.delay = 0.02
+    upstream.gate = asyncio.Event()  # Stigg answers once every check is waiting
     # A deadline long enough that a busy test machine cannot turn this into a fallback test.
     svc = service(upstream, clock, settings=replace(CHECKS, check_deadline_seconds=5))
-    answers = await asyncio.gather(*(svc.check(CALLS) for _ in range(1000)))
+    checks = asyncio.gather(*(svc.check(CALLS) for _ in range(1000)))
+    await eventually(lambda: upstream.calls)
+    upstream.gate.set()
+    answers = await checks
     assert upstream.calls == 1
     assert all(a["hasAccess"] and not a["isFallback"] for a in answers)
 
@@ -181,13 +182,14 @@ async def test_stale_state_answers_when_stigg_fails(
 async def test_slow_stigg_falls_back_at_the_deadline_and_fills_the_cache_later(
     upstream: FakeUpstream, clock: FakeClock
 ) -> None:
-    upstream.delay = 0.2  # > the 50 ms deadline
+    upstream.gate = asyncio.Event()  # Stigg answers only after the 50 ms deadline
     svc = service(upstream, clock)
     fallback = FeatureFallback(has_access=True, usage_limit=5)
     answer = await asyncio.wait_for(svc.check(CALLS, fallback), 1)
     assert (answer["isFallback"], answer["source"], answer["hasAccess"]) == (True, "request", True)
     assert answer["usageLimit"] == 5
-    await asyncio.sleep(0.25)  # the fetch that timed out finishes in the background
+    upstream.gate.set()  # the fetch that timed out finishes in the background
+    await eventually(lambda: svc.l1.get_nowait(("c1", None)))
     answer = await svc.check(CALLS)
     assert (answer["source"], answer["isFallback"]) == ("cache", False)
     assert upstream.calls == 1
@@ -241,7 +243,7 @@ async def test_invalidate_drops_and_refetches(upstream: FakeUpstream, clock: Fak
     await svc.check(CALLS)
     upstream.states["c1"] = stigg_state(usage=9)
     await svc.invalidate("c1")
-    await asyncio.sleep(0.01)  # the refresh it started
+    await eventually(lambda: svc.l1.get_nowait(("c1", None)))  # the refresh it started
     answer = await svc.check(CALLS)
     assert (answer["source"], answer["currentUsage"]) == ("cache", 9)
     assert upstream.calls == 2
@@ -253,7 +255,7 @@ async def test_fetch_started_before_an_invalidation_is_not_stored(
     upstream.gate = asyncio.Event()
     svc = service(upstream, clock, settings=replace(CHECKS, check_deadline_seconds=5))
     pending = asyncio.create_task(svc.check(CALLS))
-    await asyncio.sleep(0.01)  # the fetch is waiting at the gate with the old state
+    await eventually(lambda: upstream.calls == 1)  # the fetch waits at the gate, old state
     await svc.invalidate("c1", refresh=False)
     upstream.gate.set()
     await pending
@@ -328,7 +330,12 @@ async def test_once_stigg_missed_a_deadline_stale_answers_do_not_wait(
     assert loop.time() - started < CHECKS.check_deadline_seconds  # did not wait again
     assert first["source"] == second["source"] == "stale"
     upstream.gate.set()  # Stigg answers: the background fetches refresh both entries
-    await asyncio.sleep(0.01)
+
+    def refreshed() -> bool:
+        entry = svc.l1.get_nowait(("c2", None))
+        return entry is not None and entry.is_fresh(clock.now)
+
+    await eventually(refreshed)
     assert (await svc.check(CheckRequest("c2", "calls")))["source"] == "cache"
 
 

@@ -1,4 +1,3 @@
-import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import replace
@@ -21,6 +20,7 @@ from sidecar.upstream.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from tests.cache_suite import FakeClock
 
 URL = "https://stigg.test/graphql"
 KEY = Secret("key-123")
@@ -207,7 +207,8 @@ async def test_circuit_breaker_fails_fast_then_probes() -> None:
         SETTINGS, max_retries=0, breaker_failure_threshold=3, breaker_cooldown_seconds=0.05
     )
     recorder = Recorder(status(503))
-    stigg = StiggClient(settings, KEY, transport=httpx.MockTransport(recorder))
+    clock = FakeClock()
+    stigg = StiggClient(settings, KEY, transport=httpx.MockTransport(recorder), clock=clock)
     for _ in range(3):
         with pytest.raises(UpstreamUnavailable):
             await stigg.execute(documents.ENTITLEMENTS_STATE, STATE_VARS)
@@ -217,7 +218,7 @@ async def test_circuit_breaker_fails_fast_then_probes() -> None:
             await stigg.execute(documents.ENTITLEMENTS_STATE, STATE_VARS)
     assert len(recorder.requests) == 3
     assert stigg.breaker.state is BreakerState.OPEN
-    await asyncio.sleep(0.06)
+    clock.now += 0.06
     recorder.answers = [ok({"entitlementsState": {}})]
     assert await stigg.execute(documents.ENTITLEMENTS_STATE, STATE_VARS) == {}  # the probe
     assert stigg.breaker.state is BreakerState.CLOSED
@@ -229,10 +230,11 @@ async def test_circuit_breaker_reopens_when_the_probe_fails() -> None:
         SETTINGS, max_retries=0, breaker_failure_threshold=1, breaker_cooldown_seconds=0.02
     )
     recorder = Recorder(raises(httpx.ReadTimeout))
-    stigg = StiggClient(settings, KEY, transport=httpx.MockTransport(recorder))
+    clock = FakeClock()
+    stigg = StiggClient(settings, KEY, transport=httpx.MockTransport(recorder), clock=clock)
     with pytest.raises(UpstreamTimeout):
         await stigg.execute(documents.ENTITLEMENTS_STATE, STATE_VARS)
-    await asyncio.sleep(0.03)
+    clock.now += 0.03
     with pytest.raises(UpstreamTimeout):  # the probe goes out and fails
         await stigg.execute(documents.ENTITLEMENTS_STATE, STATE_VARS)
     with pytest.raises(CircuitOpen):

@@ -26,6 +26,7 @@ from sidecar.upstream.errors import (
 from sidecar.usage.model import EventReport, UsageReport, parse_usage
 from sidecar.usage.service import UsageService, UsageUnavailable
 from sidecar.usage.sqlite_spool import SqliteSpool
+from tests.eventually import eventually
 
 FAST = UsageSettings(
     flush_interval_seconds=0.01,
@@ -111,13 +112,6 @@ def report(value: float = 1, key: str | None = None, **fields: Any) -> UsageRepo
     return parse_usage(data)
 
 
-async def until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
-
-
 ServiceFactory = Callable[..., Awaitable[UsageService]]
 
 
@@ -164,7 +158,7 @@ async def test_batches_of_100_and_the_listener_seam(make_service: ServiceFactory
     reports = [report(1, key=f"k{n}", customerId=f"c{n % 7}") for n in range(250)]
     assert await service.accept_usages(reports) == [True] * 250
     assert await service.accept_usages(reports[:10]) == [False] * 10
-    await until(lambda: service.stats.usage.delivered == 250)
+    await eventually(lambda: service.stats.usage.delivered == 250)
     assert stigg.bulk_sizes == [100, 100, 50]
     assert sum(stigg.usage.values()) == 250
     # accepted: each new report once, in order, never a duplicate; confirmed: Stigg's answers.
@@ -183,7 +177,7 @@ async def test_hot_keys_are_coalesced_into_few_calls(make_service: ServiceFactor
     service = await make_service(stigg, flush_interval_seconds=0.2)
     for _ in range(20):
         await service.accept_usages([report(2, customerId=f"c{n % 3}") for n in range(50)])
-    await until(lambda: service.stats.usage.delivered == 1000)
+    await eventually(lambda: service.stats.usage.delivered == 1000)
     assert sum(stigg.usage.values()) == 2000
     assert len(stigg.bulk_sizes) <= 5
     assert max(stigg.bulk_sizes) <= 3
@@ -201,7 +195,7 @@ async def test_failures_are_retried_with_the_same_keys(make_service: ServiceFact
     )
     service = await make_service(stigg)
     await service.accept_usages([report(3), report(4)])
-    await until(lambda: service.stats.usage.delivered == 2)
+    await eventually(lambda: service.stats.usage.delivered == 2)
     assert len(stigg.calls) == 5
     assert all(variables == stigg.calls[0][1] for _, variables in stigg.calls)
     assert stigg.usage[("c1", "f1", None)] == 7
@@ -218,11 +212,11 @@ async def test_auth_failure_pauses_flushing_and_logs_once(
     caplog.set_level(logging.INFO, logger="sidecar.usage")
     service = await make_service(stigg)
     await service.accept_usages([report(1)])
-    await until(lambda: len(stigg.calls) == 4)
+    await eventually(lambda: len(stigg.calls) == 4)
     assert service.stats.auth_paused
     assert (await service.stats_json())["spooled"]["reports"] == 1  # kept
     gate.set()
-    await until(lambda: service.stats.usage.delivered == 1)
+    await eventually(lambda: service.stats.usage.delivered == 1)
     assert not service.stats.auth_paused
     paused = [r for r in caplog.records if "rejected the sidecar's API key" in r.getMessage()]
     assert len(paused) == 1
@@ -234,14 +228,16 @@ async def test_only_rejected_reports_are_dead_lettered(make_service: ServiceFact
     service = await make_service(stigg, flush_interval_seconds=0.1)
     reports = [report(1, key=f"k{n}", customerId="bad" if n == 5 else "c1") for n in range(9)]
     await service.accept_usages(reports)
-    await until(lambda: service.stats.usage.delivered == 8 and service.stats.usage.dead_lettered)
+    await eventually(
+        lambda: service.stats.usage.delivered == 8 and service.stats.usage.dead_lettered
+    )
     assert stigg.usage == {("c1", "f1", None): 8}
     [letter] = await service.dead_letters(None, 10, None)
     assert letter.record["idempotencyKey"] == "k5"
     assert letter.code == "CustomerNotFound"
     # Fixing the customer is outside the sidecar; a replay goes through the same pipeline.
     assert await service.replay([letter.id]) == 1
-    await until(lambda: service.stats.usage.dead_lettered == 2)
+    await eventually(lambda: service.stats.usage.dead_lettered == 2)
     assert service.stats.usage.replayed == 1
 
 
@@ -251,7 +247,7 @@ async def test_a_set_is_never_overtaken_by_later_deltas(make_service: ServiceFac
     await service.accept_usages(
         [report(5), report(100, updateBehavior="SET"), report(1), report(2), report(3)]
     )
-    await until(lambda: service.stats.usage.delivered == 5)
+    await eventually(lambda: service.stats.usage.delivered == 5)
     assert stigg.usage[("c1", "f1", None)] == 106
 
 
@@ -262,13 +258,13 @@ async def test_a_crash_between_send_and_ack_resends_the_same_keys(
     stigg.script.append(asyncio.Event())  # the first call never returns: the process dies
     first = await make_service(stigg, flush_interval_seconds=0.05)
     await first.accept_usages([report(1) for _ in range(30)] + [report(2, key="client")])
-    await until(lambda: len(stigg.calls) == 1)
+    await eventually(lambda: len(stigg.calls) == 1)
     sent = stigg.calls[0][1]
     assert [u["value"] for u in sent["input"]["usages"]] == [30, 2]  # coalesced + client key
     await crash(first)
 
     second = await make_service(stigg)
-    await until(lambda: second.stats.usage.delivered == 31)
+    await eventually(lambda: second.stats.usage.delivered == 31)
     assert stigg.calls[1][1] == sent  # same composition, same keys
     assert stigg.usage[("c1", "f1", None)] == 32
 
@@ -297,12 +293,12 @@ async def test_shutdown_deadline_leaves_the_rest_for_the_next_start(
     stigg.script.append(asyncio.Event())  # Stigg hangs
     service = await make_service(stigg, shutdown_deadline_seconds=0.2)
     await service.accept_usages([report(1, key="a"), report(1, key="b")])
-    await until(lambda: len(stigg.calls) == 1)
+    await eventually(lambda: len(stigg.calls) == 1)
     started = asyncio.get_running_loop().time()
     await service.stop()
     assert asyncio.get_running_loop().time() - started < 1.5
     again = await make_service(stigg)
-    await until(lambda: again.stats.usage.delivered == 2)
+    await eventually(lambda: again.stats.usage.delivered == 2)
     assert stigg.usage[("c1", "f1", None)] == 2
 
 
