@@ -202,11 +202,13 @@ class RedisSpool:
         lease_seconds: float,
         consumer: str | None = None,
         on_claimed: Callable[[Kind, int], None] | None = None,
+        legacy_prefix: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``prefix`` starts every key (``RedisNamespace.spool``: it carries the hash tag that
         keeps the keys on one Cluster slot); ``client`` is the process's pool, not closed here;
-        ``on_claimed`` hears of reports taken over from a replica presumed dead."""
+        ``on_claimed`` hears of reports taken over from a replica presumed dead;
+        ``legacy_prefix`` is where releases before the one namespace kept the spool."""
         self._pool = client
         self._client: redis.Redis | None = None  # set while open
         tag = prefix
@@ -228,6 +230,9 @@ class RedisSpool:
         self._in_batches: dict[str, set[str]] = {kind: set() for kind in KINDS}
         self._next_sweep = 0.0
         self._on_claimed = on_claimed
+        self._legacy_streams = (
+            [f"{{{legacy_prefix}}}:spool:{kind}" for kind in KINDS] if legacy_prefix else []
+        )
         self._scripts: dict[str, Any] = {}
 
     @property
@@ -252,9 +257,24 @@ class RedisSpool:
             self._scripts[name] = self.redis.register_script(text)
         try:
             await self._ensure_groups()
+            await self._warn_about_legacy_reports()
         except RedisError as exc:
             # Not fatal: reports get 503 and the flusher retries until Redis is back.
             log.warning("usage spool: Redis is not reachable yet (%s)", type(exc).__name__)
+
+    async def _warn_about_legacy_reports(self) -> None:
+        """Reports an older release spooled outside the namespace are not delivered from
+        here: say so at every start rather than leave them unnoticed."""
+        for stream in self._legacy_streams:
+            waiting = await self.redis.xlen(stream)
+            if waiting:
+                log.warning(
+                    "usage spool: %d report(s) wait in %s, spooled by a release before keys"
+                    " were namespaced by cache.environment; run that release against this"
+                    " Redis until it has delivered them",
+                    waiting,
+                    stream,
+                )
 
     async def _ensure_groups(self) -> None:
         for stream in self._stream.values():

@@ -119,6 +119,7 @@ class UsageService:
                 dedupe_window_seconds=usage.dedupe_window_seconds,
                 lease_seconds=usage.claim_idle_seconds,
                 on_claimed=claimed,
+                legacy_prefix=usage.redis_key_prefix or "stigg-sidecar",
             )
         else:
             data_dir = settings.data_dir

@@ -248,3 +248,25 @@ async def test_redis_lease_fences_a_replica_that_lost_it() -> None:
     finally:
         await a.close()
         await b.close()
+
+
+async def test_reports_left_under_the_old_spool_keys_are_reported_at_start(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = fakeredis.FakeAsyncRedis()
+    await client.xadd("{stigg-sidecar}:spool:usage", {"b": b"{}", "a": b"0"})
+    spool = RedisSpool(
+        client,
+        prefix="stigg-sidecar:default:{spool}",
+        max_reports=100,
+        max_bytes=10**6,
+        dedupe_window_seconds=60,
+        lease_seconds=5,
+        legacy_prefix="stigg-sidecar",
+    )
+    await spool.open()
+    try:
+        [warning] = [r.getMessage() for r in caplog.records if "namespaced" in r.getMessage()]
+        assert "1 report(s) wait in {stigg-sidecar}:spool:usage" in warning
+    finally:
+        await spool.close()
