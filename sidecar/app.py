@@ -39,6 +39,7 @@ from sidecar.cache.redis_store import RedisStore
 from sidecar.config import Secret, Settings
 from sidecar.entitlements.model import EntitlementsState
 from sidecar.entitlements.service import EntitlementService
+from sidecar.grpc.server import GrpcListener, grpc_lifetime
 from sidecar.logs import register_secrets
 from sidecar.metrics import Metrics
 from sidecar.provisioning import ProvisioningService
@@ -210,6 +211,26 @@ async def _realtime_ctx(app: web.Application) -> AsyncIterator[None]:
 REALTIME = web.AppKey("realtime", RealtimeListener)
 
 
+# --- gRPC (issue 12): Stigg Sidecar's API on its own port, same services --------------------
+GRPC = web.AppKey("grpc", GrpcListener)
+
+
+async def _grpc_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    async for _ in grpc_lifetime(
+        settings.grpc,
+        lambda: app[SERVICES],
+        token=settings.auth_token,
+        max_reports=settings.usage.max_reports_per_request,
+        grace_seconds=settings.server.shutdown_timeout_seconds,
+        started=lambda listener: app.__setitem__(GRPC, listener),
+    ):
+        yield
+
+
+# ----------------------------------------------------------------------------------------------
+
+
 async def _openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document())
 
@@ -238,6 +259,8 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> web.A
     app.cleanup_ctx.append(_services_ctx)
     app.cleanup_ctx.append(_usage_ctx)
     app.on_shutdown.append(_stop_accepting_usage)
+    if settings.grpc.enabled:
+        app.cleanup_ctx.append(_grpc_ctx)
     if settings.redis_url is not None:
         app.cleanup_ctx.append(_broadcast_ctx)
     if settings.realtime.enabled and upstream is None:

@@ -153,6 +153,12 @@ class EntitlementService:
                 return rendered[1]
         return orjson.dumps(await self.check(request))
 
+    def peek(self, request: CheckRequest) -> dict[str, Any] | None:
+        """The answer from this replica's memory alone, None when nothing is cached: for
+        replies that may show the current usage but must not wait for Stigg."""
+        entry = self.l1.get_nowait((request.customer_id, request.resource_id))
+        return None if entry is None else evaluate(entry.value, request, self._clock())
+
     def _hit(self, key: CacheKey, entry: CacheEntry[State], now: float) -> None:
         self.stats.hits += 1
         refresh_due = entry.fresh_until - now < self._cache.refresh_ahead_seconds

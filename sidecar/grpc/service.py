@@ -1,0 +1,298 @@
+"""The twelve RPCs of ``stigg.sidecar.v1.SidecarService``, answered by the services REST uses.
+
+Checks never fail for a Stigg outage (the fallback chain answers, ``is_fallback`` set); usage
+is acknowledged once durably spooled. Errors map as the REST statuses do: bad input
+``INVALID_ARGUMENT`` naming the field, a full or closing spool ``UNAVAILABLE``, a failed Stigg
+call (only ``ReloadEntitlements`` waits for one) by ``describe_upstream_error``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.empty_pb2 import Empty
+
+from sidecar.api.errors import describe_upstream_error
+from sidecar.api.http import Services
+from sidecar.config import Secret
+from sidecar.entitlements.model import CheckRequest
+from sidecar.grpc import convert
+from sidecar.grpc import sidecar_v1_pb2 as pb
+from sidecar.upstream.errors import UpstreamError
+from sidecar.usage.model import UsageReport
+from sidecar.usage.service import UsageUnavailable
+from sidecar.validation import ValidationError
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "stigg.sidecar.v1.SidecarService"
+CUSTOMER_NOT_FOUND = "CustomerNotFound"
+
+_HTTP_TO_GRPC = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.FAILED_PRECONDITION,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    502: grpc.StatusCode.UNAVAILABLE,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+
+
+class SidecarServicer:
+    """One method per RPC; ``services`` is read per call (it exists once the app started)."""
+
+    def __init__(self, services: Callable[[], Services], max_reports: int) -> None:
+        self._services = services
+        self._max_reports = max_reports
+
+    # --- checks ---------------------------------------------------------------------------
+
+    async def _check(
+        self, request: Any, options: Any, usage: float | None = None, values: Any = ()
+    ) -> dict[str, Any]:
+        check = convert.check_request(request, usage, values)
+        return await self._services().entitlements.check(check, convert.fallback(options))
+
+    async def get_boolean_entitlement(self, request: pb.GetBooleanEntitlementRequest) -> Any:
+        answer = await self._check(request, convert.options_of(request))
+        out = convert.decision(answer, pb.GetBooleanEntitlementResponse())
+        convert.boolean(answer, out.entitlement)
+        return out
+
+    async def get_numeric_entitlement(self, request: pb.GetNumericEntitlementRequest) -> Any:
+        answer = await self._check(request, convert.options_of(request))
+        out = convert.decision(answer, pb.GetNumericEntitlementResponse())
+        convert.numeric(answer, out.entitlement)
+        return out
+
+    async def get_metered_entitlement(self, request: pb.GetMeteredEntitlementRequest) -> Any:
+        options = convert.options_of(request)
+        usage = _optional(options, "requested_usage")
+        answer = await self._check(request, options, usage)
+        out = convert.decision(answer, pb.GetMeteredEntitlementResponse())
+        out.requested_usage = usage or 0.0
+        convert.metered(answer, out.entitlement)
+        return out
+
+    async def get_enum_entitlement(self, request: pb.GetEnumEntitlementRequest) -> Any:
+        options = convert.options_of(request)
+        values = options.requested_values if options is not None else ()
+        answer = await self._check(request, options, None, values)
+        out = convert.decision(answer, pb.GetEnumEntitlementResponse())
+        out.requested_values.extend(values)
+        convert.enum(answer, out.entitlement)
+        return out
+
+    async def _any_check(self, request: Any) -> dict[str, Any]:
+        options = convert.options_of(request)
+        values = options.requested_values if options is not None else ()
+        return await self._check(request, options, _optional(options, "requested_usage"), values)
+
+    async def get_entitlement(self, request: pb.GetEntitlementRequest) -> Any:
+        answer = await self._any_check(request)
+        return convert.any_entitlement(
+            answer, convert.decision(answer, pb.GetEntitlementResponse())
+        )
+
+    async def get_entitlement_v2(self, request: pb.GetEntitlementV2Request) -> Any:
+        if request.HasField("currency_id"):
+            raise ValidationError("currency_id", "credit entitlements are not supported")
+        answer = await self._any_check(request)
+        entitlement = convert.decision(answer, pb.EntitlementV2())
+        return pb.GetEntitlementV2Response(entitlement=convert.any_entitlement(answer, entitlement))
+
+    async def _list(self, request: Any) -> dict[str, Any]:
+        customer_id = convert.customer_id(request)
+        resource_id = convert.optional_id(request, "resource_id")
+        return await self._services().entitlements.list(customer_id, resource_id)
+
+    async def get_entitlements(self, request: pb.GetEntitlementsRequest) -> Any:
+        listing = await self._list(request)
+        out = pb.GetEntitlementsResponse()
+        for answer in listing["entitlements"]:
+            convert.any_entitlement(answer, out.entitlements.add())
+        _customer_reason(listing, out)
+        return out
+
+    async def get_entitlements_state_v2(self, request: pb.GetEntitlementsStateV2Request) -> Any:
+        listing = await self._list(request)
+        out = pb.GetEntitlementsStateV2Response()
+        for answer in listing["entitlements"]:
+            convert.any_entitlement(answer, convert.decision(answer, out.entitlements.add()))
+        _customer_reason(listing, out)
+        return out
+
+    async def reload_entitlements(self, request: pb.ReloadEntitlementsRequest) -> Any:
+        customer_id = convert.customer_id(request)
+        resource_id = convert.optional_id(request, "resource_id")
+        listing = await self._services().entitlements.reload(customer_id, resource_id)
+        exists = listing["accessDeniedReason"] != CUSTOMER_NOT_FOUND
+        return pb.ReloadEntitlementsResponse(entitled_entity_exists=exists)
+
+    # --- usage ----------------------------------------------------------------------------
+
+    def _measurement(self, report: UsageReport) -> pb.ReportUsageResponse:
+        """Stigg answers with the new count; ours is the optimistic one, where it is cached."""
+        out = pb.ReportUsageResponse(
+            measurement_id=report.idempotency_key,
+            customer_id=report.customer_id,
+            feature_id=report.feature_id,
+        )
+        if report.resource_id is not None:
+            out.resource_id = report.resource_id
+        check = CheckRequest(report.customer_id, report.feature_id, report.resource_id)
+        answer = self._services().entitlements.peek(check)
+        if answer is not None and answer["type"] == "METERED":
+            out.current_usage = answer["currentUsage"] or 0.0
+            for name, key in (
+                ("usage_period_start", "usagePeriodStart"),
+                ("usage_period_end", "usagePeriodEnd"),
+            ):
+                stamp = convert.timestamp(answer[key])
+                if stamp is not None:
+                    getattr(out, name).CopyFrom(stamp)
+        return out
+
+    async def report_usage(self, request: pb.ReportUsageRequest) -> Any:
+        report = convert.usage_report(request)
+        await self._services().usage.accept_usages([report])
+        return self._measurement(report)
+
+    async def report_usage_bulk(self, request: pb.ReportUsageBulkRequest) -> Any:
+        self._check_count("usages", len(request.usages))
+        reports = [
+            convert.usage_report(usage, f"usages[{index}]")
+            for index, usage in enumerate(request.usages)
+        ]
+        await self._services().usage.accept_usages(reports)
+        return pb.ReportUsageBulkResponse(usages=[self._measurement(r) for r in reports])
+
+    async def report_events(self, request: pb.ReportEventsRequest) -> Any:
+        self._check_count("events", len(request.events))
+        events = [
+            convert.event_report(event, f"events[{index}]")
+            for index, event in enumerate(request.events)
+        ]
+        await self._services().usage.accept_events(events)
+        return Empty()
+
+    def _check_count(self, name: str, count: int) -> None:
+        if count == 0:
+            raise ValidationError(name, "must not be empty")
+        if count > self._max_reports:
+            raise ValidationError(name, f"must have at most {self._max_reports} items")
+
+
+def _optional(message: Any, name: str) -> Any:
+    return getattr(message, name) if message is not None and message.HasField(name) else None
+
+
+def _customer_reason(listing: dict[str, Any], out: Any) -> None:
+    denied = convert.reason(listing["accessDeniedReason"])
+    if denied is not None:
+        out.access_denied_reason = denied
+
+
+# --- errors and the bearer token -----------------------------------------------------------
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
+    if isinstance(exc, ValidationError):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    if isinstance(exc, UsageUnavailable):
+        await context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
+    if isinstance(exc, UpstreamError):
+        log.warning("stigg %s failed: %s (%s)", exc.operation, exc.code, exc.message)
+        failure = describe_upstream_error(exc)
+        code = _HTTP_TO_GRPC.get(failure.status, grpc.StatusCode.INTERNAL)
+        await context.abort(code, failure.message)
+    log.error("unhandled error in a gRPC call", exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the sidecar's log")
+
+
+def guarded(method: Callable[[Any], Awaitable[Any]], token: Secret | None) -> Handler:
+    """``method`` with the bearer-token check (``authorization: Bearer …`` metadata, when a
+    token is configured) and exceptions turned into gRPC statuses."""
+    expected = f"Bearer {token.reveal()}".encode() if token is not None else None
+
+    async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if expected is not None:
+            given = dict(context.invocation_metadata() or ()).get("authorization", "")
+            given_bytes = given.encode() if isinstance(given, str) else given
+            if not hmac.compare_digest(given_bytes, expected):
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "missing or wrong bearer token in the authorization metadata",
+                )
+        try:
+            return await method(request)
+        except Exception as exc:  # every failure becomes a status, none a crash
+            await _abort(context, exc)
+            raise  # not reached: abort raises
+
+    return handler
+
+
+# RPC name -> (servicer method name, request class, response class).
+RPCS: dict[str, tuple[str, Any, Any]] = {
+    "GetEntitlements": ("get_entitlements", pb.GetEntitlementsRequest, pb.GetEntitlementsResponse),
+    "GetEntitlement": ("get_entitlement", pb.GetEntitlementRequest, pb.GetEntitlementResponse),
+    "GetBooleanEntitlement": (
+        "get_boolean_entitlement",
+        pb.GetBooleanEntitlementRequest,
+        pb.GetBooleanEntitlementResponse,
+    ),
+    "GetNumericEntitlement": (
+        "get_numeric_entitlement",
+        pb.GetNumericEntitlementRequest,
+        pb.GetNumericEntitlementResponse,
+    ),
+    "GetMeteredEntitlement": (
+        "get_metered_entitlement",
+        pb.GetMeteredEntitlementRequest,
+        pb.GetMeteredEntitlementResponse,
+    ),
+    "GetEnumEntitlement": (
+        "get_enum_entitlement",
+        pb.GetEnumEntitlementRequest,
+        pb.GetEnumEntitlementResponse,
+    ),
+    "ReportUsage": ("report_usage", pb.ReportUsageRequest, pb.ReportUsageResponse),
+    "ReportEvents": ("report_events", pb.ReportEventsRequest, Empty),
+    "ReloadEntitlements": (
+        "reload_entitlements",
+        pb.ReloadEntitlementsRequest,
+        pb.ReloadEntitlementsResponse,
+    ),
+    "ReportUsageBulk": ("report_usage_bulk", pb.ReportUsageBulkRequest, pb.ReportUsageBulkResponse),
+    "GetEntitlementV2": (
+        "get_entitlement_v2",
+        pb.GetEntitlementV2Request,
+        pb.GetEntitlementV2Response,
+    ),
+    "GetEntitlementsStateV2": (
+        "get_entitlements_state_v2",
+        pb.GetEntitlementsStateV2Request,
+        pb.GetEntitlementsStateV2Response,
+    ),
+}
+
+
+def generic_handler(servicer: SidecarServicer, token: Secret | None) -> grpc.GenericRpcHandler:
+    """All twelve RPCs as one grpc handler (no generated ``_pb2_grpc`` module needed)."""
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            guarded(getattr(servicer, method), token),
+            request_deserializer=request.FromString,
+            response_serializer=response.SerializeToString,
+        )
+        for name, (method, request, response) in RPCS.items()
+    }
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
