@@ -98,6 +98,10 @@ def with_stigg_sidecar_env(env: Mapping[str, str]) -> Mapping[str, str]:
     for stigg_name, (ours, convert) in _DIRECT.items():
         if env.get(stigg_name, "").strip():
             translated[ours] = convert(env[stigg_name])
+    for name in ("PORT", "CACHE_MAX_SIZE_BYTES", "REDIS_KEYS_TTL_IN_SECS"):
+        value = env.get(name, "").strip()
+        if value and not value.isdigit():
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
     for name in ("EDGE_ENABLED", "WS_ENABLED", "REDIS_TLS"):
         value = env.get(name, "").strip().lower()
         if value and value not in (*_TRUE, "0", "false", "no", "off"):

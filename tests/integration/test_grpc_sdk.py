@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
+from stigg_sidecar_sdk import AccessDeniedReason as Reason
 from stigg_sidecar_sdk import (
     ApiConfig,
     BooleanEntitlementFallback,
@@ -40,7 +41,6 @@ from stigg_sidecar_sdk import (
     Stigg,
     UsageUpdateBehavior,
 )
-from stigg_sidecar_sdk import AccessDeniedReason as Reason
 from stigg_sidecar_sdk import EntitlementResetPeriod as ResetPeriod
 from stigg_sidecar_sdk import FeatureType as SdkFeatureType
 

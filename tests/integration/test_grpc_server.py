@@ -1,0 +1,65 @@
+"""The gRPC listener as grpcurl and Kubernetes see it: health checking and reflection."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import grpc
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from sidecar.app import GRPC
+from sidecar.config import Secret
+from sidecar.emulator import EmulatorServer
+from tests.conftest import sidecar_settings, start_sidecar
+
+Client = TestClient[web.Request, web.Application]
+pytestmark = pytest.mark.integration
+
+
+async def test_health_is_served_without_the_token_and_follows_the_listener_state(
+    emulator: EmulatorServer,
+) -> None:
+    # A token is configured, yet kubelet's grpc probe (no metadata) must get through.
+    settings = replace(sidecar_settings(emulator.url), auth_token=Secret("token-0123456789"))
+    client = await start_sidecar(settings)
+    listener = client.app[GRPC]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{listener.port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "stigg.sidecar.v1.SidecarService"):
+            answer = await health.Check(health_pb2.HealthCheckRequest(service=service))
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"))
+        assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+        await listener.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        answer = await health.Check(health_pb2.HealthCheckRequest(service=""))
+        assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    await client.close()
+
+
+async def test_reflection_lists_and_describes_the_service(sidecar: Client) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.app[GRPC].port}") as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        requests = [
+            reflection_pb2.ServerReflectionRequest(list_services=""),
+            reflection_pb2.ServerReflectionRequest(
+                file_containing_symbol="stigg.sidecar.v1.SidecarService"
+            ),
+        ]
+        answers = [answer async for answer in stub.ServerReflectionInfo(iter(requests))]
+    services = {s.name for s in answers[0].list_services_response.service}
+    assert "stigg.sidecar.v1.SidecarService" in services
+    assert "grpc.health.v1.Health" in services
+    assert answers[1].file_descriptor_response.file_descriptor_proto
+
+
+async def test_an_unknown_method_is_unimplemented(sidecar: Client) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.app[GRPC].port}") as channel:
+        call = channel.unary_unary("/stigg.sidecar.v1.SidecarService/NoSuchRpc")
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call(b"")
+    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
