@@ -4,9 +4,12 @@ with the emulator as Stigg: every RPC, bad arguments, an unknown customer and an
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -47,7 +50,7 @@ from stigg_sidecar_sdk import FeatureType as SdkFeatureType
 from sidecar.app import GRPC
 from sidecar.config import Secret, UsageSettings
 from sidecar.emulator import EmulatorServer
-from tests.conftest import sidecar_settings, start_sidecar
+from tests.conftest import API_KEY, REPO, free_port, sidecar_settings, start_sidecar
 
 Client = TestClient[web.Request, web.Application]
 pytestmark = pytest.mark.integration
@@ -460,3 +463,64 @@ async def test_bearer_token_from_authorization_metadata(emulator: EmulatorServer
     finally:
         stigg.close()
         await client.close()
+
+
+# --- a deployment of Stigg's Sidecar, moved as it is ---------------------------------------------
+
+
+async def test_started_with_only_stigg_sidecar_settings(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    """Stigg Sidecar's env names and nothing else: no STIGG_*, no SIDECAR_* variables."""
+    grpc_port, management_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STIGG_", "SIDECAR_"))}
+    env.update(
+        HOME=str(tmp_path),  # the default data directory, private to this test
+        SERVER_API_KEY=API_KEY,
+        API_URL=emulator.base_url,  # Stigg's form: the API's base, not its /graphql
+        PORT=str(grpc_port),
+        ENTITLEMENTS_FALLBACK='{"feature-sso": {"hasAccess": true}}',
+    )
+    # Only the listeners Stigg's Sidecar does not have get ports here (tests bind no fixed port).
+    config = tmp_path / "ports.yaml"
+    config.write_text(f"mcp:\n  enabled: false\nmanagement:\n  port: {management_port}\n")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "sidecar", "--port", str(free_port()), "--config", str(config)),
+        env=env,
+        cwd=REPO,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stigg = Stigg(
+        ApiConfig(api_key="unused"), remote_sidecar_host="127.0.0.1", remote_sidecar_port=grpc_port
+    )
+    try:
+        for _ in range(300):  # the gRPC port opens once the services run
+            assert process.returncode is None, await process.stderr.read()  # type: ignore[union-attr]
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", grpc_port)
+                writer.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        async with httpx.AsyncClient() as http:
+            livez = await http.get(f"http://127.0.0.1:{management_port}/livez")
+        assert livez.json() == {"status": "UP"}
+        answer = await stigg.get_metered_entitlement(
+            GetMeteredEntitlementRequest(
+                customer_id="customer-demo", feature_id="feature-api-calls"
+            )
+        )
+        assert (answer.has_access, answer.is_fallback) == (True, False)
+        assert answer.entitlement.usage_limit == 100000.0
+        await admin(emulator, "POST", "/admin/faults", json={"status": 503})
+        fallback = await stigg.get_boolean_entitlement(
+            GetBooleanEntitlementRequest(customer_id="customer-free", feature_id="feature-sso")
+        )
+        assert (fallback.has_access, fallback.is_fallback) == (True, True)  # ENTITLEMENTS_FALLBACK
+    finally:
+        await admin(emulator, "DELETE", "/admin/faults")
+        stigg.close()
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 30)
