@@ -6,6 +6,7 @@ as the ``.proto`` spells it (``options.requested_usage``, ``usages[2].customer_i
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -198,12 +199,20 @@ _FEATURE_TYPES = {
 }
 
 
-def timestamp(iso: str | None) -> Timestamp | None:
-    if iso is None:
-        return None
+@functools.lru_cache(maxsize=4096)
+def _seconds_and_nanos(iso: str) -> tuple[int, int]:
+    """Cached: the same few period boundaries come with every check (parsing costs 30 us)."""
     stamp = Timestamp()
     stamp.FromJsonString(iso)
-    return stamp
+    return stamp.seconds, stamp.nanos
+
+
+def timestamp(iso: str | None) -> Timestamp | None:
+    """An answer's ISO 8601 time as a protobuf Timestamp."""
+    if iso is None:
+        return None
+    seconds, nanos = _seconds_and_nanos(iso)
+    return Timestamp(seconds=seconds, nanos=nanos)
 
 
 def _feature(answer: Mapping[str, Any], feature: pb.EntitlementFeature) -> None:
