@@ -222,6 +222,7 @@ async def _grpc_ctx(app: web.Application) -> AsyncIterator[None]:
         lambda: app[SERVICES],
         token=settings.auth_token,
         max_reports=settings.usage.max_reports_per_request,
+        registry=app[METRICS].registry,
         grace_seconds=settings.server.shutdown_timeout_seconds,
         started=lambda listener: app.__setitem__(GRPC, listener),
     ):

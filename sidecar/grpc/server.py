@@ -10,10 +10,11 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 
 from sidecar.api.http import Services
 from sidecar.config import GrpcSettings, Secret, StartupError
-from sidecar.grpc.service import SERVICE_NAME, SidecarServicer, generic_handler
+from sidecar.grpc.service import SERVICE_NAME, GrpcMetrics, SidecarServicer, generic_handler
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ async def start_grpc(
     *,
     token: Secret | None,
     max_reports: int,
+    registry: CollectorRegistry,
 ) -> GrpcListener:
     """Bind and start; a port that cannot be bound raises ``StartupError`` with one line."""
     server = grpc.aio.server(
@@ -50,7 +52,7 @@ async def start_grpc(
         ]
     )
     server.add_generic_rpc_handlers(
-        (generic_handler(SidecarServicer(services, max_reports), token),)
+        (generic_handler(SidecarServicer(services, max_reports), token, GrpcMetrics(registry)),)
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -77,11 +79,14 @@ async def grpc_lifetime(
     *,
     token: Secret | None,
     max_reports: int,
+    registry: CollectorRegistry,
     grace_seconds: float,
     started: Callable[[GrpcListener], None],
 ) -> AsyncIterator[None]:
     """Started after the services, stopped (drained) before them: a ``cleanup_ctx`` body."""
-    listener = await start_grpc(settings, services, token=token, max_reports=max_reports)
+    listener = await start_grpc(
+        settings, services, token=token, max_reports=max_reports, registry=registry
+    )
     started(listener)
     try:
         yield

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from google.protobuf.empty_pb2 import Empty
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from sidecar.api.errors import describe_upstream_error
 from sidecar.api.http import Services
@@ -22,6 +24,7 @@ from sidecar.config import Secret
 from sidecar.entitlements.model import CheckRequest
 from sidecar.grpc import convert
 from sidecar.grpc import sidecar_v1_pb2 as pb
+from sidecar.metrics import HTTP_BUCKETS, PREFIX
 from sidecar.upstream.errors import UpstreamError
 from sidecar.usage.model import UsageReport
 from sidecar.usage.service import UsageUnavailable
@@ -200,42 +203,83 @@ def _customer_reason(listing: dict[str, Any], out: Any) -> None:
         out.access_denied_reason = denied
 
 
-# --- errors and the bearer token -----------------------------------------------------------
+# --- errors, metrics and the bearer token ---------------------------------------------------
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
+def status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:
+    """The gRPC status a failed call answers, as the REST API maps the same failure."""
     if isinstance(exc, ValidationError):
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     if isinstance(exc, UsageUnavailable):
-        await context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
+        return grpc.StatusCode.UNAVAILABLE, exc.message
     if isinstance(exc, UpstreamError):
         log.warning("stigg %s failed: %s (%s)", exc.operation, exc.code, exc.message)
         failure = describe_upstream_error(exc)
-        code = _HTTP_TO_GRPC.get(failure.status, grpc.StatusCode.INTERNAL)
-        await context.abort(code, failure.message)
+        return _HTTP_TO_GRPC.get(failure.status, grpc.StatusCode.INTERNAL), failure.message
     log.error("unhandled error in a gRPC call", exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the sidecar's log")
+    return grpc.StatusCode.INTERNAL, "internal error; see the sidecar's log"
 
 
-def guarded(method: Callable[[Any], Awaitable[Any]], token: Secret | None) -> Handler:
+class GrpcMetrics:
+    """``stigg_sidecar_grpc_requests_total`` and ``..._request_duration_seconds`` by method
+    and status code, in the app's registry (next to the HTTP API's)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ["method", "code"]
+        self._requests = Counter(
+            f"{PREFIX}_grpc_requests",
+            "gRPC calls to SidecarService, by method and status code.",
+            labels,
+            registry=registry,
+        )
+        self._duration = Histogram(
+            f"{PREFIX}_grpc_request_duration_seconds",
+            "Time to answer a gRPC call, by method and status code.",
+            labels,
+            buckets=HTTP_BUCKETS,
+            registry=registry,
+        )
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+    def observe(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        key = (method, code.name)
+        children = self._children.get(key)
+        if children is None:
+            children = (self._requests.labels(*key), self._duration.labels(*key))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+
+def guarded(
+    name: str,
+    method: Callable[[Any], Awaitable[Any]],
+    token: Secret | None,
+    metrics: GrpcMetrics,
+) -> Handler:
     """``method`` with the bearer-token check (``authorization: Bearer …`` metadata, when a
-    token is configured) and exceptions turned into gRPC statuses."""
+    token is configured), its metrics, and exceptions turned into gRPC statuses."""
     expected = f"Bearer {token.reveal()}".encode() if token is not None else None
 
     async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        started = time.perf_counter()
         if expected is not None:
             given = dict(context.invocation_metadata() or ()).get("authorization", "")
             given_bytes = given.encode() if isinstance(given, str) else given
             if not hmac.compare_digest(given_bytes, expected):
+                code = grpc.StatusCode.UNAUTHENTICATED
+                metrics.observe(name, code, time.perf_counter() - started)
                 await context.abort(
-                    grpc.StatusCode.UNAUTHENTICATED,
-                    "missing or wrong bearer token in the authorization metadata",
+                    code, "missing or wrong bearer token in the authorization metadata"
                 )
         try:
-            return await method(request)
-        except Exception as exc:  # every failure becomes a status, none a crash
-            await _abort(context, exc)
-            raise  # not reached: abort raises
+            answer = await method(request)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a status, none a crash
+            code, message = status_of(exc)
+            metrics.observe(name, code, time.perf_counter() - started)
+            await context.abort(code, message)
+        metrics.observe(name, grpc.StatusCode.OK, time.perf_counter() - started)
+        return answer
 
     return handler
 
@@ -285,11 +329,13 @@ RPCS: dict[str, tuple[str, Any, Any]] = {
 }
 
 
-def generic_handler(servicer: SidecarServicer, token: Secret | None) -> grpc.GenericRpcHandler:
+def generic_handler(
+    servicer: SidecarServicer, token: Secret | None, metrics: GrpcMetrics
+) -> grpc.GenericRpcHandler:
     """All twelve RPCs as one grpc handler (no generated ``_pb2_grpc`` module needed)."""
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
-            guarded(getattr(servicer, method), token),
+            guarded(name, getattr(servicer, method), token, metrics),
             request_deserializer=request.FromString,
             response_serializer=response.SerializeToString,
         )

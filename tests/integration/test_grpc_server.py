@@ -11,9 +11,11 @@ from aiohttp.test_utils import TestClient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from sidecar.api.management import METRICS
 from sidecar.app import GRPC
 from sidecar.config import Secret
 from sidecar.emulator import EmulatorServer
+from sidecar.grpc import sidecar_v1_pb2 as pb
 from tests.conftest import sidecar_settings, start_sidecar
 
 Client = TestClient[web.Request, web.Application]
@@ -63,3 +65,25 @@ async def test_an_unknown_method_is_unimplemented(sidecar: Client) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await call(b"")
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_calls_are_counted_by_method_and_code(sidecar: Client) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.app[GRPC].port}") as channel:
+        check = channel.unary_unary(
+            "/stigg.sidecar.v1.SidecarService/GetBooleanEntitlement",
+            request_serializer=pb.GetBooleanEntitlementRequest.SerializeToString,
+            response_deserializer=pb.GetBooleanEntitlementResponse.FromString,
+        )
+        answer = await check(
+            pb.GetBooleanEntitlementRequest(customer_id="customer-demo", feature_id="feature-sso")
+        )
+        assert answer.has_access
+        with pytest.raises(grpc.aio.AioRpcError):
+            await check(pb.GetBooleanEntitlementRequest(customer_id="customer-demo"))
+    metrics = (await sidecar.app[METRICS].render()).decode()
+    for code in ("OK", "INVALID_ARGUMENT"):
+        line = (
+            f'stigg_sidecar_grpc_requests_total{{code="{code}",method="GetBooleanEntitlement"}} 1.0'
+        )
+        assert line in metrics
+    assert "stigg_sidecar_grpc_request_duration_seconds_bucket" in metrics
