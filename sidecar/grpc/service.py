@@ -45,6 +45,8 @@ _HTTP_TO_GRPC = {
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
+# Makes an RPC's answer message from a check's answer (the REST JSON shape).
+Builder = Callable[[dict[str, Any]], Any]
 Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
 
@@ -57,59 +59,51 @@ class SidecarServicer:
 
     # --- checks ---------------------------------------------------------------------------
 
-    async def _check(
-        self, request: Any, options: Any, usage: float | None = None, values: Any = ()
-    ) -> dict[str, Any]:
+    async def _answer(
+        self,
+        request: Any,
+        build: Builder,
+        options: Any,
+        usage: float | None = None,
+        values: Any = (),
+    ) -> Any:
+        """The answer message ``build`` makes of the check; bytes when the request has no
+        options, reused while the customer's cached state is unchanged (as REST reuses JSON)."""
         check = convert.check_request(request, usage, values)
-        return await self._services().entitlements.check(check, convert.fallback(options))
+        entitlements = self._services().entitlements
+        if options is None:
+            return await entitlements.check_rendered(check, _SERIALIZED[build])
+        return build(await entitlements.check(check, convert.fallback(options)))
 
     async def get_boolean_entitlement(self, request: pb.GetBooleanEntitlementRequest) -> Any:
-        answer = await self._check(request, convert.options_of(request))
-        out = convert.decision(answer, pb.GetBooleanEntitlementResponse())
-        convert.boolean(answer, out.entitlement)
-        return out
+        return await self._answer(request, _boolean, convert.options_of(request))
 
     async def get_numeric_entitlement(self, request: pb.GetNumericEntitlementRequest) -> Any:
-        answer = await self._check(request, convert.options_of(request))
-        out = convert.decision(answer, pb.GetNumericEntitlementResponse())
-        convert.numeric(answer, out.entitlement)
-        return out
+        return await self._answer(request, _numeric, convert.options_of(request))
 
     async def get_metered_entitlement(self, request: pb.GetMeteredEntitlementRequest) -> Any:
         options = convert.options_of(request)
         usage = _optional(options, "requested_usage")
-        answer = await self._check(request, options, usage)
-        out = convert.decision(answer, pb.GetMeteredEntitlementResponse())
-        out.requested_usage = usage or 0.0
-        convert.metered(answer, out.entitlement)
-        return out
+        return await self._answer(request, _metered, options, usage)
 
     async def get_enum_entitlement(self, request: pb.GetEnumEntitlementRequest) -> Any:
         options = convert.options_of(request)
         values = options.requested_values if options is not None else ()
-        answer = await self._check(request, options, None, values)
-        out = convert.decision(answer, pb.GetEnumEntitlementResponse())
-        out.requested_values.extend(values)
-        convert.enum(answer, out.entitlement)
-        return out
-
-    async def _any_check(self, request: Any) -> dict[str, Any]:
-        options = convert.options_of(request)
-        values = options.requested_values if options is not None else ()
-        return await self._check(request, options, _optional(options, "requested_usage"), values)
+        return await self._answer(request, _enum, options, None, values)
 
     async def get_entitlement(self, request: pb.GetEntitlementRequest) -> Any:
-        answer = await self._any_check(request)
-        return convert.any_entitlement(
-            answer, convert.decision(answer, pb.GetEntitlementResponse())
-        )
+        options = convert.options_of(request)
+        values = options.requested_values if options is not None else ()
+        usage = _optional(options, "requested_usage")
+        return await self._answer(request, _any, options, usage, values)
 
     async def get_entitlement_v2(self, request: pb.GetEntitlementV2Request) -> Any:
         if request.HasField("currency_id"):
             raise ValidationError("currency_id", "credit entitlements are not supported")
-        answer = await self._any_check(request)
-        entitlement = convert.decision(answer, pb.EntitlementV2())
-        return pb.GetEntitlementV2Response(entitlement=convert.any_entitlement(answer, entitlement))
+        options = convert.options_of(request)
+        values = options.requested_values if options is not None else ()
+        usage = _optional(options, "requested_usage")
+        return await self._answer(request, _any_v2, options, usage, values)
 
     async def _list(self, request: Any) -> dict[str, Any]:
         customer_id = convert.customer_id(request)
@@ -191,6 +185,56 @@ class SidecarServicer:
             raise ValidationError(name, "must not be empty")
         if count > self._max_reports:
             raise ValidationError(name, f"must have at most {self._max_reports} items")
+
+
+def _boolean(answer: dict[str, Any]) -> Any:
+    out = convert.decision(answer, pb.GetBooleanEntitlementResponse())
+    convert.boolean(answer, out.entitlement)
+    return out
+
+
+def _numeric(answer: dict[str, Any]) -> Any:
+    out = convert.decision(answer, pb.GetNumericEntitlementResponse())
+    convert.numeric(answer, out.entitlement)
+    return out
+
+
+def _metered(answer: dict[str, Any]) -> Any:
+    out = convert.decision(answer, pb.GetMeteredEntitlementResponse())
+    out.requested_usage = answer["requestedUsage"] or 0.0
+    convert.metered(answer, out.entitlement)
+    return out
+
+
+def _enum(answer: dict[str, Any]) -> Any:
+    out = convert.decision(answer, pb.GetEnumEntitlementResponse())
+    out.requested_values.extend(answer["requestedValues"] or ())
+    convert.enum(answer, out.entitlement)
+    return out
+
+
+def _any(answer: dict[str, Any]) -> Any:
+    return convert.any_entitlement(answer, convert.decision(answer, pb.GetEntitlementResponse()))
+
+
+def _any_v2(answer: dict[str, Any]) -> Any:
+    entitlement = convert.any_entitlement(answer, convert.decision(answer, pb.EntitlementV2()))
+    return pb.GetEntitlementV2Response(entitlement=entitlement)
+
+
+def _serializing(build: Builder) -> Callable[[dict[str, Any]], bytes]:
+    return lambda answer: build(answer).SerializeToString()
+
+
+# One serialising renderer per builder, made once: the renderer is part of the reuse key.
+_SERIALIZED: dict[Builder, Callable[[dict[str, Any]], bytes]] = {
+    build: _serializing(build) for build in (_boolean, _numeric, _metered, _enum, _any, _any_v2)
+}
+
+
+def _serialize(message: Any) -> bytes:
+    """Messages are serialised here; an answer reused as bytes goes out as it is."""
+    return message if isinstance(message, bytes) else message.SerializeToString()
 
 
 def _optional(message: Any, name: str) -> Any:
@@ -337,7 +381,7 @@ def generic_handler(
         name: grpc.unary_unary_rpc_method_handler(
             guarded(name, getattr(servicer, method), token, metrics),
             request_deserializer=request.FromString,
-            response_serializer=response.SerializeToString,
+            response_serializer=_serialize,
         )
         for name, (method, request, response) in RPCS.items()
     }

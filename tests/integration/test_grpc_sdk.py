@@ -243,15 +243,18 @@ async def test_report_usage_is_spooled_and_delivered(
 ) -> None:
     before = await emulator_usage(emulator, "customer-demo", "feature-api-calls")
     # Cached first, so the answer can carry the new (optimistic) count.
-    await stigg.get_metered_entitlement(
-        GetMeteredEntitlementRequest(customer_id="customer-demo", feature_id="feature-api-calls")
+    check = GetMeteredEntitlementRequest(
+        customer_id="customer-demo", feature_id="feature-api-calls"
     )
+    assert (await stigg.get_metered_entitlement(check)).entitlement.current_usage == before
     answer = await stigg.report_usage(
         ReportUsageRequest(customer_id="customer-demo", feature_id="feature-api-calls", value=5)
     )
     assert answer.measurement_id.startswith("sidecar-")
     assert (answer.customer_id, answer.feature_id) == ("customer-demo", "feature-api-calls")
     assert answer.current_usage == before + 5
+    # A plain check's answer bytes are reused while the state is unchanged, never after.
+    assert (await stigg.get_metered_entitlement(check)).entitlement.current_usage == before + 5
     assert answer.usage_period_start < datetime.now(UTC) < answer.usage_period_end
     bulk = await stigg.report_usage_bulk(
         ReportUsageBulkRequest(
