@@ -59,18 +59,22 @@ def _values(name: str, values: Sequence[str]) -> tuple[str, ...] | None:
     return tuple(values)
 
 
-def check_request(
-    message: Any, requested_usage: float | None = None, requested_values: Sequence[str] = ()
-) -> CheckRequest:
-    """The ``CheckRequest`` of one of the six Get*Entitlement requests."""
-    if requested_usage is not None:
-        check_number("options.requested_usage", requested_usage, minimum=0)
+def check_request(message: Any, options: Any) -> CheckRequest:
+    """The ``CheckRequest`` of one of the six Get*Entitlement requests (``options``: its
+    options message, whichever of the per-type ones, or None)."""
+    fields = options.DESCRIPTOR.fields_by_name if options is not None else {}
+    requested_usage = None
+    if "requested_usage" in fields and options.HasField("requested_usage"):
+        requested_usage = check_number(
+            "options.requested_usage", options.requested_usage, minimum=0
+        )
+    values = options.requested_values if "requested_values" in fields else ()
     return CheckRequest(
         customer_id=_required_id("customer_id", message.customer_id),
         feature_id=_required_id("feature_id", message.feature_id),
         resource_id=optional_id(message, "resource_id"),
         requested_usage=requested_usage,
-        requested_values=_values("options.requested_values", requested_values),
+        requested_values=_values("options.requested_values", values),
     )
 
 
@@ -102,6 +106,7 @@ def fallback(options: Any, name: str = "options.fallback") -> FeatureFallback | 
 
 
 def options_of(message: Any) -> Any:
+    """A check request's options message, None when it has none."""
     return message.options if message.HasField("options") else None
 
 

@@ -59,51 +59,35 @@ class SidecarServicer:
 
     # --- checks ---------------------------------------------------------------------------
 
-    async def _answer(
-        self,
-        request: Any,
-        build: Builder,
-        options: Any,
-        usage: float | None = None,
-        values: Any = (),
-    ) -> Any:
+    async def _answer(self, request: Any, build: Builder) -> Any:
         """The answer message ``build`` makes of the check; bytes when the request has no
         options, reused while the customer's cached state is unchanged (as REST reuses JSON)."""
-        check = convert.check_request(request, usage, values)
+        options = convert.options_of(request)
+        check = convert.check_request(request, options)
         entitlements = self._services().entitlements
         if options is None:
             return await entitlements.check_rendered(check, _SERIALIZED[build])
         return build(await entitlements.check(check, convert.fallback(options)))
 
     async def get_boolean_entitlement(self, request: pb.GetBooleanEntitlementRequest) -> Any:
-        return await self._answer(request, _boolean, convert.options_of(request))
+        return await self._answer(request, _boolean)
 
     async def get_numeric_entitlement(self, request: pb.GetNumericEntitlementRequest) -> Any:
-        return await self._answer(request, _numeric, convert.options_of(request))
+        return await self._answer(request, _numeric)
 
     async def get_metered_entitlement(self, request: pb.GetMeteredEntitlementRequest) -> Any:
-        options = convert.options_of(request)
-        usage = _optional(options, "requested_usage")
-        return await self._answer(request, _metered, options, usage)
+        return await self._answer(request, _metered)
 
     async def get_enum_entitlement(self, request: pb.GetEnumEntitlementRequest) -> Any:
-        options = convert.options_of(request)
-        values = options.requested_values if options is not None else ()
-        return await self._answer(request, _enum, options, None, values)
+        return await self._answer(request, _enum)
 
     async def get_entitlement(self, request: pb.GetEntitlementRequest) -> Any:
-        options = convert.options_of(request)
-        values = options.requested_values if options is not None else ()
-        usage = _optional(options, "requested_usage")
-        return await self._answer(request, _any, options, usage, values)
+        return await self._answer(request, _any)
 
     async def get_entitlement_v2(self, request: pb.GetEntitlementV2Request) -> Any:
         if request.HasField("currency_id"):
             raise ValidationError("currency_id", "credit entitlements are not supported")
-        options = convert.options_of(request)
-        values = options.requested_values if options is not None else ()
-        usage = _optional(options, "requested_usage")
-        return await self._answer(request, _any_v2, options, usage, values)
+        return await self._answer(request, _any_v2)
 
     async def _list(self, request: Any) -> dict[str, Any]:
         customer_id = convert.customer_id(request)
@@ -235,10 +219,6 @@ _SERIALIZED: dict[Builder, Callable[[dict[str, Any]], bytes]] = {
 def _serialize(message: Any) -> bytes:
     """Messages are serialised here; an answer reused as bytes goes out as it is."""
     return message if isinstance(message, bytes) else message.SerializeToString()
-
-
-def _optional(message: Any, name: str) -> Any:
-    return getattr(message, name) if message is not None and message.HasField(name) else None
 
 
 def _customer_reason(listing: dict[str, Any], out: Any) -> None:
