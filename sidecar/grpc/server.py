@@ -45,9 +45,9 @@ async def start_grpc(
     """Bind and start; a port that cannot be bound raises ``StartupError`` with one line."""
     server = grpc.aio.server(
         options=[
-            # Usage batches of 1,000 reports with dimensions exceed gRPC's 4 MiB default rarely,
-            # but a clear INVALID_ARGUMENT beats RESOURCE_EXHAUSTED from the transport.
+            # A batch of 1,000 reports with dimensions can pass gRPC's 4 MiB default.
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            # Without this a second sidecar on the same port would share it silently.
             ("grpc.so_reuseport", 0),
         ]
     )
@@ -60,12 +60,13 @@ async def start_grpc(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     address = f"{settings.host}:{settings.port}"
+    hint = "set grpc.port (SIDECAR_GRPC_PORT) to a free port, or grpc.enabled: false"
     try:
         port = server.add_insecure_port(address)
-    except RuntimeError as exc:
-        raise StartupError(f"grpc.port: cannot listen on {address} ({exc})") from None
+    except RuntimeError:
+        port = 0
     if port == 0:
-        raise StartupError(f"grpc.port: cannot listen on {address}")
+        raise StartupError(f"gRPC API cannot listen on {address}; {hint}")
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

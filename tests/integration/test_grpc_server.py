@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import replace
 
 import grpc
@@ -13,7 +14,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from sidecar.api.management import METRICS
 from sidecar.app import GRPC
-from sidecar.config import Secret
+from sidecar.config import GrpcSettings, Secret, StartupError
 from sidecar.emulator import EmulatorServer
 from sidecar.grpc import sidecar_v1_pb2 as pb
 from tests.conftest import sidecar_settings, start_sidecar
@@ -87,3 +88,14 @@ async def test_calls_are_counted_by_method_and_code(sidecar: Client) -> None:
         )
         assert line in metrics
     assert "stigg_sidecar_grpc_request_duration_seconds_bucket" in metrics
+
+
+async def test_a_taken_port_stops_startup_with_one_line(emulator: EmulatorServer) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = replace(sidecar_settings(emulator.url), grpc=GrpcSettings(port=port))
+        with pytest.raises(StartupError, match="SIDECAR_GRPC_PORT") as raised:
+            await start_sidecar(settings)
+    assert "\n" not in str(raised.value)
