@@ -55,8 +55,9 @@ ENV PATH=/opt/stigg-sidecar/bin:$PATH \
 # Durable usage spool, and scratch space.
 VOLUME ["/var/lib/stigg-sidecar", "/tmp"]
 
-# 8080 app-facing REST API, 8081 management (/livez, /readyz, /metrics), 9090 MCP.
-EXPOSE 8080 8081 9090
+# 8080 app-facing REST API, 8081 management (/livez, /readyz, /metrics), 9090 MCP,
+# 50051 gRPC (Stigg Sidecar's API for its official SDKs).
+EXPOSE 8080 8081 9090 50051
 
 USER 10001:10001
 

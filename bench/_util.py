@@ -114,6 +114,7 @@ def sidecar(
     settings = {
         "SIDECAR_MCP_ENABLED": "false",
         "SIDECAR_MANAGEMENT_ENABLED": "false",
+        "SIDECAR_GRPC_ENABLED": "false",
         **(env or {}),
     }
     args = [sys.executable, "-m", "sidecar", "--port", str(port)]
@@ -200,3 +201,76 @@ def h2load_fixed_rate(
         "p99_ms": percentile(durations, 99),
         "max_ms": max(durations),
     }
+
+
+GRPC_HEADERS = ("content-type: application/grpc", "te: trailers")
+
+
+def grpc_frame(message: bytes) -> bytes:
+    """One length-prefixed gRPC message (uncompressed), as a request body for h2load."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+def h2load_post(
+    url: str,
+    body: bytes,
+    *,
+    headers: Sequence[str] = GRPC_HEADERS,
+    h1: bool = False,
+    seconds: int = 10,
+    clients: int = 16,
+    cpu: int = 0,
+    server_pid: int | None = None,
+) -> dict[str, float]:
+    """Closed-loop POSTs of a fixed ``body`` (``clients`` connections, one request each at a
+    time; h2c unless ``h1``): req/s, p50/p99 in ms, requests done and, with ``server_pid``, the
+    server's CPU us/req. gRPC errors travel in trailers under HTTP 200, which h2load counts as
+    success: callers check a call's answer before and the server's own counters after."""
+    cpu_before = cpu_seconds(server_pid) if server_pid else 0.0
+    with (
+        tempfile.NamedTemporaryFile(suffix=".bin") as data,
+        tempfile.NamedTemporaryFile(suffix=".log") as log,
+    ):
+        Path(data.name).write_bytes(body)
+        command = ["h2load", "-c", str(clients), "-m", "1", "-D", str(seconds), "-d", data.name]
+        command += ["--h1"] if h1 else []
+        for header in headers:
+            command += ["-H", header]
+        out = subprocess.run(
+            pinned(cpu, [*command, "--log-file", log.name, url]),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        durations = [
+            int(line.split()[2]) / 1000.0
+            for line in Path(log.name).read_text().splitlines()
+            if line.strip()
+        ]
+    done = re.search(r"(\d+) succeeded, (\d+) failed", out)
+    assert done is not None, out
+    assert done.group(2) == "0", out
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))  # type: ignore[union-attr]
+    result = {
+        "rps": rps,
+        "p50_ms": percentile(durations, 50),
+        "p99_ms": percentile(durations, 99),
+        "requests": float(done.group(1)),
+    }
+    if server_pid:
+        result["cpu_us"] = (cpu_seconds(server_pid) - cpu_before) / int(done.group(1)) * 1e6
+    return result
+
+
+def wait_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """Until something accepts TCP connections on loopback ``port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"port {port} not open in {timeout} s")

@@ -22,6 +22,7 @@ from bench._util import API_KEY, free_port, percentile
 from sidecar.app import REPLICATION, create_app
 from sidecar.config import (
     CacheSettings,
+    GrpcSettings,
     ManagementSettings,
     McpSettings,
     Secret,
@@ -45,6 +46,7 @@ async def run(samples: int, redis_url: str) -> list[float]:
         realtime=replace(base.realtime, enabled=False),
         mcp=McpSettings(enabled=False),
         management=ManagementSettings(enabled=False),
+        grpc=GrpcSettings(enabled=False),
     )
     a = TestClient(TestServer(create_app(settings), host="127.0.0.1"))
     b = TestClient(TestServer(create_app(settings), host="127.0.0.1"))

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from sidecar.api.errors import error_middleware
 from sidecar.api.graphql import graphql_passthrough
+from sidecar.api.grpc.server import GrpcListener, grpc_lifetime
 from sidecar.api.management import (
     MANAGEMENT,
     METRICS,
@@ -198,6 +199,24 @@ async def _realtime_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+# Stigg Sidecar's gRPC API on its own port, served from the same services as REST.
+GRPC = web.AppKey("grpc", GrpcListener)
+
+
+async def _grpc_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    async for _ in grpc_lifetime(
+        settings.grpc,
+        lambda: app[SERVICES],
+        token=settings.auth_token,
+        max_reports=settings.usage.max_reports_per_request,
+        registry=app[METRICS].registry,
+        grace_seconds=settings.server.shutdown_timeout_seconds,
+        started=lambda listener: app.__setitem__(GRPC, listener),
+    ):
+        yield
+
+
 async def _openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document())
 
@@ -227,6 +246,8 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> web.A
     app.cleanup_ctx.append(functools.partial(_services_ctx, realtime_link=realtime_link))
     app.cleanup_ctx.append(_usage_ctx)
     app.on_shutdown.append(_stop_accepting_usage)
+    if settings.grpc.enabled:
+        app.cleanup_ctx.append(_grpc_ctx)
     if settings.redis_url is not None:
         app.cleanup_ctx.append(_replication_ctx)
     if realtime_link:

@@ -283,6 +283,15 @@ class McpSettings:
 
 
 @dataclass(frozen=True)
+class GrpcSettings:
+    """Stigg Sidecar's gRPC API (``stigg.sidecar.v1.SidecarService``, h2c) for its official SDKs."""
+
+    enabled: bool = field(default=True, metadata=_meta("Serve the gRPC API; false: no listener."))
+    host: str = field(default="127.0.0.1", metadata=_meta("Address the gRPC API binds to."))
+    port: int = field(default=50051, metadata=_meta("gRPC port.", minimum=0, maximum=65535))
+
+
+@dataclass(frozen=True)
 class ManagementSettings:
     """Probes and metrics for kubelet and Prometheus: ``/livez``, ``/readyz``, ``/metrics``."""
 
@@ -399,6 +408,7 @@ class Settings:
     realtime: RealtimeSettings = field(default_factory=RealtimeSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     mcp: McpSettings = field(default_factory=McpSettings)
+    grpc: GrpcSettings = field(default_factory=GrpcSettings)
     management: ManagementSettings = field(default_factory=ManagementSettings)
     usage: UsageSettings = field(default_factory=UsageSettings)
     api_key: Secret | None = None
@@ -425,6 +435,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "realtime": RealtimeSettings,
     "logging": LoggingSettings,
     "mcp": McpSettings,
+    "grpc": GrpcSettings,
     "management": ManagementSettings,
     "usage": UsageSettings,
 }
@@ -535,22 +546,20 @@ def _check_url(key: str, url: str, schemes: tuple[str, ...]) -> None:
         raise ConfigError(f"{key}: must be a {' or '.join(schemes)} URL, got {url!r}")
 
 
-def _check_ports(server: ServerSettings, mcp: McpSettings, management: ManagementSettings) -> None:
+def _check_ports(
+    server: ServerSettings, mcp: McpSettings, management: ManagementSettings, grpc: GrpcSettings
+) -> None:
     """Two listeners on one address would fail at bind time; say so before starting."""
     wildcard = ("0.0.0.0", "::", "")  # noqa: S104 - compared against, not bound
-
-    def clash(host: str, port: int, other_host: str, other_port: int) -> bool:
-        same_host = host == other_host or host in wildcard or other_host in wildcard
-        return port != 0 and port == other_port and same_host
-
-    if mcp.enabled and clash(mcp.host, mcp.port, server.host, server.port):
-        raise ConfigError(f"mcp.port: must differ from server.port (both are {mcp.port})")
-    if management.enabled:
-        port = management.port
-        if clash(management.host, port, server.host, server.port):
-            raise ConfigError(f"management.port: must differ from server.port (both are {port})")
-        if mcp.enabled and clash(management.host, port, mcp.host, mcp.port):
-            raise ConfigError(f"management.port: must differ from mcp.port (both are {port})")
+    listeners = [("server", server.host, server.port)]
+    for name, section in (("mcp", mcp), ("management", management), ("grpc", grpc)):
+        if section.enabled:
+            listeners.append((name, section.host, section.port))
+    for index, (name, host, port) in enumerate(listeners):
+        for other, other_host, other_port in listeners[:index]:
+            same_host = host == other_host or host in wildcard or other_host in wildcard
+            if port != 0 and port == other_port and same_host:
+                raise ConfigError(f"{name}.port: must differ from {other}.port (both are {port})")
 
 
 # The old default of usage.redisKeyPrefix: says nothing about the environment.
@@ -584,6 +593,10 @@ def load_settings(
 ) -> Settings:
     """Build settings from (lowest to highest precedence) defaults, YAML, environment, CLI."""
     env = os.environ if env is None else env
+    # Stigg Sidecar's own names (SERVER_API_KEY, PORT, ...); imported here: it uses ConfigError.
+    from sidecar.stigg_env import with_stigg_sidecar_env
+
+    env = with_stigg_sidecar_env(env)
     if config_file is None and env.get("SIDECAR_CONFIG"):
         config_file = Path(env["SIDECAR_CONFIG"])
     raw = _read_yaml(config_file) if config_file is not None else {}
@@ -612,7 +625,8 @@ def load_settings(
         raise ConfigError("SIDECAR_AUTH_TOKEN: must not contain white space")
     mcp: McpSettings = sections["mcp"]
     management: ManagementSettings = sections["management"]
-    _check_ports(server, mcp, management)
+    grpc: GrpcSettings = sections["grpc"]
+    _check_ports(server, mcp, management, grpc)
     data_dir = Path(env["SIDECAR_DATA_DIR"]) if env.get("SIDECAR_DATA_DIR") else None
     environment_given = "SIDECAR_CACHE_ENVIRONMENT" in env or "environment" in (
         raw.get("cache") or {}
@@ -625,6 +639,7 @@ def load_settings(
         realtime=sections["realtime"],
         logging=sections["logging"],
         mcp=mcp,
+        grpc=grpc,
         management=management,
         usage=sections["usage"],
         api_key=api_key,

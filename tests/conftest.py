@@ -18,7 +18,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from sidecar.app import create_app
-from sidecar.config import ManagementSettings, McpSettings, Secret, Settings, StiggSettings
+from sidecar.config import (
+    GrpcSettings,
+    ManagementSettings,
+    McpSettings,
+    Secret,
+    Settings,
+    StiggSettings,
+)
 from sidecar.emulator import EmulatorServer, load_catalog
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,6 +66,8 @@ def sidecar_settings(api_url: str, **stigg: object) -> Settings:
         mcp=McpSettings(enabled=False),
         # The management port on an ephemeral loopback port: every test app serves it.
         management=ManagementSettings(host="127.0.0.1", port=0),
+        # gRPC too: every test app serves it on an ephemeral port (its default is fixed).
+        grpc=GrpcSettings(port=0),
         data_dir=temporary_data_dir(),
     )
 

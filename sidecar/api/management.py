@@ -55,13 +55,16 @@ MANAGEMENT = web.AppKey("management", Management)
 async def _livez(request: web.Request) -> web.Response:
     # Answering at all is the point: the process and its event loop are alive. Nothing here
     # touches Stigg or Redis, so their outages never get the pod restarted.
-    return json_response({"status": "ok"})
+    # "UP" as Stigg's Sidecar answers, so probes and checks written for it keep working.
+    return json_response({"status": "UP"})
 
 
 async def _readyz(request: web.Request) -> web.Response:
     ready, details = await readiness(request.app[_MAIN])
+    # Stigg Sidecar's body ({"status": "UP"}) with this sidecar's details beside it.
     return json_response(
-        {"status": "ready" if ready else "unready", **details}, status=200 if ready else 503
+        {"status": "UP" if ready else "DOWN", "ready": ready, **details},
+        status=200 if ready else 503,
     )
 
 

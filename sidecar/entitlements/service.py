@@ -94,8 +94,9 @@ class EntitlementService:
         # with fetches in flight have an entry.
         self._generation: dict[str, int] = {}
         self._background: set[asyncio.Task[Any]] = set()
-        # (customer, resource, feature) -> (the entry it was rendered from, JSON, hasAccess).
-        self._rendered: LRUCache[tuple[str, str | None, str], tuple[Any, bytes, bool]] = LRUCache(
+        # (customer, resource, feature, renderer) -> (the entry it was rendered from, its
+        # rendering, hasAccess).
+        self._rendered: LRUCache[tuple[Any, ...], tuple[Any, bytes, bool]] = LRUCache(
             maxsize=RENDERED_ANSWERS
         )
         # Set when a fetch misses a check's deadline, cleared by the next successful fetch.
@@ -125,24 +126,37 @@ class EntitlementService:
         return self._count(self._fallback(request, request_fallback), "fallback")
 
     async def check_json(self, request: CheckRequest) -> bytes:
-        """``check`` serialised; a plain check (no requested usage or values) on fresh cached
-        state reuses the bytes rendered for the same state: the hot path of the REST API."""
+        """``check`` as JSON: the hot path of the REST API."""
+        return await self.check_rendered(request, orjson.dumps)
+
+    async def check_rendered(
+        self, request: CheckRequest, render: Callable[[dict[str, Any]], bytes]
+    ) -> bytes:
+        """``render(check(request))``; a plain check (no requested usage or values) on fresh
+        cached state reuses the bytes ``render`` made of the same state (REST's JSON, gRPC's
+        protobuf messages)."""
         key = (request.customer_id, request.resource_id)
         if request.requested_usage is None and request.requested_values is None:
             now = self._clock()
             entry = self._l1.get_nowait(key)
             if entry is not None and entry.is_fresh(now):
                 self._hit(key, entry, now)
-                render_key = (*key, request.feature_id)
+                render_key = (*key, request.feature_id, render)
                 rendered = self._rendered.get(render_key)
                 # Any change to the customer's state makes a new entry: identity is validity.
                 if rendered is None or rendered[0] is not entry:
                     answer = evaluate(entry.value, request, now)
-                    rendered = (entry, orjson.dumps(answer), answer["hasAccess"])
+                    rendered = (entry, render(answer), answer["hasAccess"])
                     self._rendered[render_key] = rendered
                 self._tally(rendered[2], "hit")
                 return rendered[1]
-        return orjson.dumps(await self.check(request))
+        return render(await self.check(request))
+
+    def peek(self, request: CheckRequest) -> dict[str, Any] | None:
+        """The answer from this replica's memory alone, None when nothing is cached: for
+        replies that may show the current usage but must not wait for Stigg."""
+        entry = self.l1.get_nowait((request.customer_id, request.resource_id))
+        return None if entry is None else evaluate(entry.value, request, self._clock())
 
     @property
     def l1(self) -> LocalStore[EntitlementsState]:

@@ -96,6 +96,11 @@ INJECT: dict[str, dict[str, Any]] = {
         "inject": {"type": "classic"},
         "stigg": {"apiKey": {"existingSecret": "", "value": "server-key-123"}},
     },
+    "inject-native-grpc-probes": {
+        "auth": {"token": {"value": "loopback-token"}},
+        "probes": {"grpc": True},
+        "ports": {"grpc": 15051},
+    },
 }
 
 
@@ -302,7 +307,7 @@ def test_sidecar_security_context(rendered: dict[str, Rendered], scenario: str) 
     assert f"{context['runAsUser']}:{context['runAsGroup']}" == user
 
 
-@pytest.mark.parametrize("scenario", ALL)
+@pytest.mark.parametrize("scenario", [s for s in ALL if s != "inject-native-grpc-probes"])
 def test_probes_on_the_management_port(rendered: dict[str, Rendered], scenario: str) -> None:
     result = rendered[scenario]
     _, container = sidecar_of(pod_spec(workloads(result)[0]))
@@ -443,10 +448,55 @@ def test_injected_api_stays_on_loopback(rendered: dict[str, Rendered], scenario:
     _, container = sidecar_of(spec)
     env = env_of(container)
     assert env["SIDECAR_SERVER_HOST"] == "127.0.0.1"
-    # Only the management port is declared: the API is not reachable from outside the pod.
-    assert [p["name"] for p in container["ports"]] == ["stigg-mgmt"]
+    # The REST API is not declared: it is not reachable from outside the pod.
+    assert [p["name"] for p in container["ports"]] == ["stigg-mgmt", "stigg-grpc"]
     [app] = [c for c in spec["containers"] if c["name"] == "app"]
     assert env_of(app)["STIGG_SIDECAR_URL"] == f"http://127.0.0.1:{env['SIDECAR_SERVER_PORT']}"
+
+
+@pytest.mark.parametrize("scenario", ALL)
+def test_grpc_port_in_every_mode(rendered: dict[str, Rendered], scenario: str) -> None:
+    """Stigg Sidecar's gRPC API: a declared container port, the Service's `grpc` port with
+    appProtocol grpc (standalone), loopback in the app's pod unless kubelet must probe it."""
+    result = rendered[scenario]
+    spec = pod_spec(workloads(result)[0])
+    _, container = sidecar_of(spec)
+    env = env_of(container)
+    port = int(env["SIDECAR_GRPC_PORT"])
+    assert env["SIDECAR_GRPC_ENABLED"] == "true"
+    assert {p["name"]: p["containerPort"] for p in container["ports"]}["stigg-grpc"] == port
+    if result.mode == "standalone":
+        assert env["SIDECAR_GRPC_HOST"] == "0.0.0.0"
+        [grpc] = [p for p in result.one("Service")["spec"]["ports"] if p["name"] == "grpc"]
+        assert grpc == {
+            "name": "grpc",
+            "port": port,
+            "targetPort": "stigg-grpc",
+            "protocol": "TCP",
+            "appProtocol": "grpc",
+        }
+    else:
+        probed = scenario == "inject-native-grpc-probes"
+        assert env["SIDECAR_GRPC_HOST"] == ("0.0.0.0" if probed else "127.0.0.1")
+        [app] = [c for c in spec["containers"] if c["name"] == "app"]
+        assert env_of(app)["STIGG_SIDECAR_GRPC_PORT"] == str(port)
+
+
+def test_grpc_probes_are_an_option(rendered: dict[str, Rendered]) -> None:
+    spec = pod_spec(rendered["inject-native-grpc-probes"].one("Deployment"))
+    _, container = sidecar_of(spec)
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["grpc"] == {"port": 15051}
+        assert "httpGet" not in container[probe]
+
+
+def test_grpc_can_be_switched_off(chart: helm.Chart) -> None:
+    values = {**API_KEY_SECRET, **AUTH_SECRET, "grpc": {"enabled": False}}
+    result = render(chart, values, "standalone-no-grpc", "standalone")
+    _, container = sidecar_of(pod_spec(result.one("Deployment")))
+    assert env_of(container)["SIDECAR_GRPC_ENABLED"] == "false"
+    assert "stigg-grpc" not in {p["name"] for p in container["ports"]}
+    assert "grpc" not in {p["name"] for p in result.one("Service")["spec"]["ports"]}
 
 
 def test_unix_socket_is_shared_with_the_app(rendered: dict[str, Rendered]) -> None:
@@ -640,7 +690,15 @@ def test_recommended_labels(rendered: dict[str, Rendered], scenario: str) -> Non
         ),
         (
             {**API_KEY_SECRET, **AUTH_SECRET, "ports": {"http": 8081}},
-            "ports.http, ports.management and ports.mcp must differ",
+            "ports.http, ports.management, ports.mcp and ports.grpc must differ",
+        ),
+        (
+            {**API_KEY_SECRET, **AUTH_SECRET, "ports": {"grpc": 8080}},
+            "ports.http, ports.management, ports.mcp and ports.grpc must differ",
+        ),
+        (
+            {**API_KEY_SECRET, **AUTH_SECRET, "grpc": {"enabled": False}, "probes": {"grpc": True}},
+            "probes.grpc needs grpc.enabled",
         ),
     ],
 )

@@ -28,6 +28,7 @@ def sidecar_env(**extra: str) -> dict[str, str]:
     # The MCP server would take the fixed port 9090, which another sidecar may hold.
     env["SIDECAR_MCP_PORT"] = str(free_port())
     env["SIDECAR_MANAGEMENT_PORT"] = str(free_port())
+    env["SIDECAR_GRPC_PORT"] = str(free_port())
     env.update(extra)
     return env
 

@@ -110,7 +110,10 @@ def running(image: Image, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     command = exec_form(entrypoint)
     port, management_port = free_port(), free_port()
     env = dict(
-        image.env, SIDECAR_MANAGEMENT_PORT=str(management_port), SIDECAR_MCP_PORT=str(free_port())
+        image.env,
+        SIDECAR_MANAGEMENT_PORT=str(management_port),
+        SIDECAR_MCP_PORT=str(free_port()),
+        SIDECAR_GRPC_PORT=str(free_port()),
     )
     outside = tmp_path_factory.mktemp("cwd")  # no config/ here: the packaged catalog is used
     process = subprocess.Popen(
@@ -173,7 +176,7 @@ def test_entrypoint_stops_cleanly_on_sigterm(image: Image, tmp_path: Path) -> No
     process = subprocess.Popen(
         [*exec_form(entrypoint), "--local", "--port", str(port)],
         cwd=tmp_path,
-        env=dict(image.env, SIDECAR_MCP_PORT=str(free_port())),
+        env=dict(image.env, SIDECAR_MCP_PORT=str(free_port()), SIDECAR_GRPC_PORT=str(free_port())),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -228,7 +231,10 @@ def livez_stub() -> Iterator[type[_Livez]]:
 def run_healthcheck(image: Image, management_port: int) -> int:
     options, command = healthcheck(image.runtime)
     env = dict(
-        image.env, SIDECAR_MANAGEMENT_PORT=str(management_port), SIDECAR_MCP_PORT=str(free_port())
+        image.env,
+        SIDECAR_MANAGEMENT_PORT=str(management_port),
+        SIDECAR_MCP_PORT=str(free_port()),
+        SIDECAR_GRPC_PORT=str(free_port()),
     )
     result = subprocess.run(
         command,  # "python" resolves to the venv's, through the image's PATH

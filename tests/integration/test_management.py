@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -49,9 +50,10 @@ def value(parsed: dict[Any, float], name: str, **labels: str) -> float:
 async def test_livez_readyz_metrics_on_the_management_port(sidecar: Client) -> None:
     status, body = await manage(sidecar, "/livez")
     assert status == 200
-    assert '"ok"' in body
+    assert json.loads(body) == {"status": "UP"}  # Stigg Sidecar's body
     status, body = await manage(sidecar, "/readyz")
     assert status == 200, body  # the --local-like warm-up is absent; the emulator answers
+    assert (json.loads(body)["status"], json.loads(body)["ready"]) == ("UP", True)
     assert (await sidecar.get(CHECK)).status == 200
     assert (await sidecar.get(CHECK)).status == 200
     assert (await sidecar.get("/v1/customers/customer-demo")).status == 200

@@ -107,6 +107,7 @@ def sidecar_env(emulator: EmulatorProcess, data_dir: Path, **settings: str) -> d
             # Several sidecars run at once: none of them needs the MCP port.
             "SIDECAR_MCP_ENABLED": "false",
             "SIDECAR_MANAGEMENT_ENABLED": "false",
+            "SIDECAR_GRPC_ENABLED": "false",
             "SIDECAR_STIGG_READ_TIMEOUT_SECONDS": "2",
             "SIDECAR_USAGE_RETRY_BACKOFF_SECONDS": "0.02",
             "SIDECAR_USAGE_RETRY_BACKOFF_MAX_SECONDS": "0.2",

@@ -96,9 +96,12 @@ secretKeyRef:
 {{- fail "stigg-sidecar: metrics.serviceMonitor needs mode=standalone (there is no Service in inject mode); use metrics.podMonitor" }}
 {{- end }}
 {{- end }}
-{{- $ports := list $v.ports.http $v.ports.management $v.ports.mcp }}
-{{- if ne (len ($ports | uniq)) 3 }}
-{{- fail (printf "stigg-sidecar: ports.http, ports.management and ports.mcp must differ, got %v" $ports) }}
+{{- $ports := list $v.ports.http $v.ports.management $v.ports.mcp $v.ports.grpc }}
+{{- if ne (len ($ports | uniq)) 4 }}
+{{- fail (printf "stigg-sidecar: ports.http, ports.management, ports.mcp and ports.grpc must differ, got %v" $ports) }}
+{{- end }}
+{{- if and $v.probes.grpc (not $v.grpc.enabled) }}
+{{- fail "stigg-sidecar: probes.grpc needs grpc.enabled" }}
 {{- end }}
 {{- end }}
 
@@ -110,12 +113,19 @@ checksum/stigg-sidecar-secret: {{ list .Values.stigg.apiKey.value .Values.redis.
 {{- end }}
 {{- end }}
 
+{{/* One probe: HTTP on the management port, or (probes.grpc) gRPC health on the gRPC port. */}}
 {{- define "stigg-sidecar.httpProbe" -}}
 {{- $probe := .probe -}}
+{{- $v := .values -}}
+{{- if $v.probes.grpc }}
+grpc:
+  port: {{ $v.ports.grpc }}
+{{- else }}
 httpGet:
   path: {{ $probe.path }}
-  port: {{ .port }}
+  port: {{ $v.ports.management }}
   scheme: HTTP
+{{- end }}
 {{- toYaml (omit $probe "enabled" "path") | nindent 0 }}
 {{- end }}
 
@@ -147,6 +157,14 @@ The sidecar container, as one list item.
       value: {{ $v.ports.management | quote }}
     - name: SIDECAR_MCP_PORT
       value: {{ $v.ports.mcp | quote }}
+    - name: SIDECAR_GRPC_ENABLED
+      value: {{ $v.grpc.enabled | quote }}
+    {{- if $v.grpc.enabled }}
+    - name: SIDECAR_GRPC_HOST
+      value: {{ ternary "0.0.0.0" "127.0.0.1" (or (eq $kind "standalone") $v.probes.grpc) | quote }}
+    - name: SIDECAR_GRPC_PORT
+      value: {{ $v.ports.grpc | quote }}
+    {{- end }}
     {{- if $v.unixSocket.enabled }}
     - name: SIDECAR_SERVER_UNIX_SOCKET
       value: {{ printf "%s/%s" $v.unixSocket.directory $v.unixSocket.fileName | quote }}
@@ -180,18 +198,23 @@ The sidecar container, as one list item.
     - name: stigg-mgmt
       containerPort: {{ $v.ports.management }}
       protocol: TCP
+    {{- if $v.grpc.enabled }}
+    - name: stigg-grpc
+      containerPort: {{ $v.ports.grpc }}
+      protocol: TCP
+    {{- end }}
   {{- with $v.probes }}
   {{- if .startup.enabled }}
   startupProbe:
-    {{- include "stigg-sidecar.httpProbe" (dict "probe" .startup "port" $v.ports.management) | nindent 4 }}
+    {{- include "stigg-sidecar.httpProbe" (dict "probe" .startup "values" $v) | nindent 4 }}
   {{- end }}
   {{- if .liveness.enabled }}
   livenessProbe:
-    {{- include "stigg-sidecar.httpProbe" (dict "probe" .liveness "port" $v.ports.management) | nindent 4 }}
+    {{- include "stigg-sidecar.httpProbe" (dict "probe" .liveness "values" $v) | nindent 4 }}
   {{- end }}
   {{- if .readiness.enabled }}
   readinessProbe:
-    {{- include "stigg-sidecar.httpProbe" (dict "probe" .readiness "port" $v.ports.management) | nindent 4 }}
+    {{- include "stigg-sidecar.httpProbe" (dict "probe" .readiness "values" $v) | nindent 4 }}
   {{- end }}
   {{- end }}
   {{- $sleep := ternary $v.standalone.preStopSleepSeconds $v.inject.preStopSleepSeconds (eq $kind "standalone") }}

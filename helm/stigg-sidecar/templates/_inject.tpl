@@ -111,6 +111,11 @@ nothing. Do not give the dependency a `condition`: Helm would not load these tem
 {{- with $r.sc -}}
 - name: STIGG_SIDECAR_URL
   value: {{ printf "http://127.0.0.1:%v" .Values.ports.http | quote }}
+{{- if .Values.grpc.enabled }}
+# For Stigg's Sidecar SDK: Stigg(..., remote_sidecar_host="127.0.0.1", remote_sidecar_port=<this>).
+- name: STIGG_SIDECAR_GRPC_PORT
+  value: {{ .Values.ports.grpc | quote }}
+{{- end }}
 {{- if .Values.unixSocket.enabled }}
 - name: STIGG_SIDECAR_SOCKET
   value: {{ printf "%s/%s" .Values.unixSocket.directory .Values.unixSocket.fileName | quote }}
