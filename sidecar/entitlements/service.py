@@ -173,6 +173,20 @@ class EntitlementService:
             return _listing(stale, resource_id, self._clock(), "stale")
         return self._fallback_list(customer_id, resource_id)
 
+    async def snapshot(self, customer_id: str, resource_id: str | None) -> tuple[State | None, str]:
+        """The customer's state and its source (cache, upstream or stale), through the same
+        cache, single-flight and stale fallback as checks; None when nothing can answer."""
+        key = (customer_id, resource_id)
+        now = self._clock()
+        entry = self.l1.get_nowait(key)
+        if entry is not None and entry.is_fresh(now):
+            self._hit(key, entry, now)
+            return entry.value, "cache"
+        fetched, source, stale = await self._resolve(key, entry)
+        if fetched is not None:
+            return fetched, source
+        return stale, "stale"
+
     async def reload(self, customer_id: str, resource_id: str | None) -> dict[str, Any]:
         """Fetch the customer's state from Stigg now (errors propagate: the caller asked)."""
         await self.invalidate(customer_id, refresh=False)
