@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from sidecar.api.errors import describe_upstream_error
+from sidecar.api.errors import describe_upstream_error, error_response, upstream_error_response
 from sidecar.api.http import SERVICES, SETTINGS
 from sidecar.entitlements.model import (
     CheckRequest,
@@ -43,22 +43,21 @@ def _body(payload: Mapping[str, Any], status: int = 200) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(payload), content_type="application/json")
 
 
-def _errors(message: str, code: str, status: int = 200) -> web.Response:
-    return _body(
-        {"data": None, "errors": [{"message": message, "extensions": {"code": code}}]}, status
-    )
+def _errors(message: str, code: str) -> web.Response:
+    """A business answer (e.g. CustomerNotFound): a GraphQL error, as Stigg's edge sends it."""
+    return _body({"data": None, "errors": [{"message": message, "extensions": {"code": code}}]})
 
 
 def _upstream_failed(exc: UpstreamError) -> web.Response:
     failure = describe_upstream_error(exc)
     if failure.stigg_code is not None:
-        # A business answer (e.g. CustomerNotFound): a GraphQL error, as Stigg sends it.
         return _errors(failure.message, failure.stigg_code)
-    return _errors(failure.message, failure.code, failure.status)
+    # The SDKs act on the status alone; the body is the sidecar's usual error.
+    return upstream_error_response(exc)
 
 
 def _unavailable() -> web.Response:
-    return _errors("Stigg is unavailable and nothing is cached", "upstream_unavailable", 503)
+    return error_response(503, "upstream_unavailable", "Stigg is unavailable and nothing is cached")
 
 
 # --- rendering the cached state as Stigg's objects -------------------------------------------
