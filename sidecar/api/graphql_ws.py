@@ -56,9 +56,6 @@ class GraphqlWebsocketProxy:
         self.refused = 0
         self.updates_seen = 0
 
-    async def start(self) -> None:
-        self._session = aiohttp.ClientSession()
-
     async def close_sockets(self) -> None:
         """Close every proxied socket (at shutdown: they would hold the drain otherwise)."""
         for ws in list(self.open):
@@ -96,7 +93,9 @@ class GraphqlWebsocketProxy:
         init = await self._connection_init(client)
         if init is None:
             return
-        assert self._session is not None
+        if self._session is None:
+            # Created on first use: most sidecars never proxy a socket.
+            self._session = aiohttp.ClientSession()
         try:
             upstream = await self._session.ws_connect(
                 self._url, protocols=(PROTOCOL,), heartbeat=self._ping
@@ -207,7 +206,6 @@ def graphql_ws_ctx(
             max_connections=realtime.proxy_max_connections,
             ping_interval_seconds=realtime.ping_interval_seconds,
         )
-        await proxy.start()
         app[GRAPHQL_WS] = proxy
         yield
         await proxy.close()
