@@ -146,7 +146,17 @@ class GraphqlWebsocketProxy:
             return
         payload = message.get("payload")
         data = payload.get("data") if isinstance(payload, Mapping) else None
-        if isinstance(data, Mapping) and await apply_update(self._sink, data):
+        if not isinstance(data, Mapping):
+            return
+        # The app chose the fields of its subscription: an entitlements update may lack some
+        # the cache needs, so it only invalidates; usage updates carry all they need or fail.
+        for field in ("entitlementsUpdated", "entitlementsUpdatedV2"):
+            update = data.get(field)
+            if isinstance(update, Mapping) and isinstance(update.get("customerId"), str):
+                await self._sink.invalidate(update["customerId"])
+                self.updates_seen += 1
+                return
+        if await apply_update(self._sink, data):
             self.updates_seen += 1
 
 

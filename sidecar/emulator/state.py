@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 # Stigg's published limits.
 MAX_BULK_USAGES = 100
 MAX_EVENTS_PER_CALL = 1000
+# Points of usage history kept per customer, feature and resource (benchmarks report a lot).
+USAGE_HISTORY = 1000
 
 # ("entitlements", customerId, resourceId) or ("usage", customerId, featureId, resourceId)
 StateEvent = tuple[str | None, ...]
@@ -458,8 +460,8 @@ class EmulatorState:
         self._usage_keys: set[str] = set()
         self._event_keys: set[str] = set()
         self._promotions: dict[str, dict[str, Promotion]] = {}
-        # Every change of a usage value, for usageHistory.
-        self.usage_history: dict[UsageKey, list[tuple[datetime, float]]] = {}
+        # The latest changes of each usage value, for usageHistory.
+        self.usage_history: dict[UsageKey, deque[tuple[datetime, float]]] = {}
         # The last accepted events, for tests and for curl users to look at.
         self.events: deque[JsonDict] = deque(maxlen=10_000)
         for seed in self.catalog.customers:
@@ -620,7 +622,8 @@ class EmulatorState:
                 period_start=item.period[0] if item.period else None,
                 updated_at=now,
             )
-            self.usage_history.setdefault(item.key, []).append((now, item.new_usage))
+            history = self.usage_history.setdefault(item.key, deque(maxlen=USAGE_HISTORY))
+            history.append((now, item.new_usage))
             if item.idempotency_key:
                 self._usage_keys.add(item.idempotency_key)
             self.counters.usages_applied += 1

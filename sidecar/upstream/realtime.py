@@ -169,14 +169,11 @@ class RealtimeListener:
 
 async def apply_update(sink: RealtimeSink, data: Mapping[str, Any]) -> bool:
     """Apply one subscription payload's ``data`` to ``sink``; False when it carries no update
-    (or a malformed one). Reads the V2 shapes too, which apps' own SDKs subscribe to."""
+    (or a malformed one). Reads ``usageUpdatedV2`` too, which apps' own SDKs subscribe to."""
     try:
         if "entitlementsUpdated" in data:
             update = data["entitlementsUpdated"]
             await sink.apply_state(update["customerId"], update.get("resourceId"), update)
-        elif "entitlementsUpdatedV2" in data:
-            # V2 entitlements are a union the cache does not read: refetch instead.
-            await sink.invalidate(data["entitlementsUpdatedV2"]["customerId"])
         elif "usageUpdated" in data:
             usage = data["usageUpdated"]["usage"]
             await sink.apply_usage(
