@@ -166,3 +166,27 @@ async def test_edge_paywall_cached_and_subscriptions_forwarded(
     assert [s["resource"]["resourceId"] for s in one["data"]["getActiveSubscriptions"]] == [
         "workspace-alpha"
     ]
+
+
+ON_USAGE_V2 = """subscription U { usageUpdatedV2 { customerId resourceId
+  entitlementReference { id type } usage { currentUsage usagePeriodStart usagePeriodEnd } } }"""
+
+
+async def test_proxied_usage_updates_reach_the_cache(
+    sidecar: Client, emulator: EmulatorServer
+) -> None:
+    check = {"customerId": "customer-demo", "featureId": "feature-api-calls"}
+    before = await (await sidecar.get("/v1/entitlements", params=check)).json()
+    ws = await open_socket(sidecar)
+    assert await next_json(ws) == {"type": "connection_ack"}
+    await ws.send_json({"id": "u", "type": "subscribe", "payload": {"query": ON_USAGE_V2}})
+    await asyncio.sleep(0.1)
+    emulator.state.report_usage(
+        {"customerId": "customer-demo", "featureId": "feature-api-calls", "value": 11}
+    )
+    update = (await next_json(ws))["payload"]["data"]["usageUpdatedV2"]
+    assert update["entitlementReference"] == {"id": "feature-api-calls", "type": "FEATURE"}
+    assert update["usage"]["currentUsage"] == before["currentUsage"] + 11
+    after = await (await sidecar.get("/v1/entitlements", params=check)).json()
+    assert after["currentUsage"] == before["currentUsage"] + 11
+    await ws.close()
