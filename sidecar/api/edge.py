@@ -33,6 +33,7 @@ from sidecar.entitlements.model import (
     EntitlementsState,
     FeatureEntitlement,
     evaluate,
+    iso,
 )
 from sidecar.upstream import documents
 from sidecar.upstream.errors import UpstreamError
@@ -61,12 +62,6 @@ def _unavailable() -> web.Response:
 
 
 # --- rendering the cached state as Stigg's objects -------------------------------------------
-
-
-def _iso(epoch: float | None) -> str | None:
-    if epoch is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"
 
 
 def _feature(entitlement: FeatureEntitlement) -> dict[str, Any]:
@@ -98,12 +93,12 @@ def _feature_entitlement(
         "hasSoftLimit": entitlement.has_soft_limit,
         "currentUsage": answer["currentUsage"] if entitlement.is_metered else None,
         "enumValues": list(entitlement.enum_values) if entitlement.enum_values else None,
-        "entitlementUpdatedAt": _iso(state.fetched_at),
+        "entitlementUpdatedAt": iso(state.fetched_at),
         "usageUpdatedAt": None,
         # The cache keeps the current period, whose start anchors the following ones.
-        "usagePeriodAnchor": _iso(start),
-        "usagePeriodStart": _iso(start),
-        "usagePeriodEnd": _iso(end),
+        "usagePeriodAnchor": iso(start),
+        "usagePeriodStart": iso(start),
+        "usagePeriodEnd": iso(end),
         "resetPeriod": entitlement.reset_period,
         "resetPeriodConfiguration": None,
         "feature": _feature(entitlement),
