@@ -18,8 +18,10 @@ from typing import Any
 import redis.asyncio as redis
 from aiohttp import web
 
+from sidecar.api.edge import edge_routes
 from sidecar.api.errors import error_middleware
 from sidecar.api.graphql import graphql_passthrough
+from sidecar.api.graphql_ws import close_graphql_websockets, graphql_websocket, graphql_ws_ctx
 from sidecar.api.grpc.server import GrpcListener, grpc_lifetime
 from sidecar.api.management import (
     MANAGEMENT,
@@ -252,6 +254,8 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> web.A
         app.cleanup_ctx.append(_replication_ctx)
     if realtime_link:
         app.cleanup_ctx.append(_realtime_ctx)
+    app.cleanup_ctx.append(graphql_ws_ctx(STIGG_LINK))
+    app.on_shutdown.append(close_graphql_websockets)
     if settings.mcp.enabled:
         # Imported only when enabled: the MCP SDK takes about two seconds to import.
         from sidecar.api.mcp_server import setup_mcp
@@ -260,6 +264,8 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> web.A
     app.add_routes(routes())
     app.add_routes(usage_routes())
     app.add_routes(webhook_routes())
+    app.add_routes(edge_routes(app))
     app.router.add_post("/graphql", graphql_passthrough)
+    app.router.add_get("/graphql", graphql_websocket, allow_head=False)
     app.router.add_get("/openapi.json", _openapi, allow_head=False)
     return app

@@ -254,6 +254,10 @@ class RealtimeSettings:
     ping_interval_seconds: float = field(
         default=15.0, metadata=_meta("Keep-alive ping interval.", minimum=1)
     )
+    proxy_max_connections: int = field(
+        default=256,
+        metadata=_meta("Most apps' websockets proxied on GET /graphql at once.", minimum=1),
+    )
 
 
 @dataclass(frozen=True)

@@ -265,6 +265,67 @@ _SCHEMAS: dict[str, Any] = {
 
 
 @cache
+def _edge_paths() -> dict[str, Any]:
+    """Stigg's edge reads (sidecar/api/edge.py): bodies are Stigg's GraphQL responses."""
+    customer = _param("customerId", "path", "The customer's id in Stigg.")
+    resource = _param("resourceId", "query", "For multi-resource products.")
+    graphql_answer = {
+        "200": {
+            "description": "`{data}` as Stigg's edge answers, or `{errors}` (CustomerNotFound).",
+            "content": {JSON: {"schema": _OBJECT}},
+        },
+        **_errors(400, *_UPSTREAM_ERRORS),
+    }
+
+    def read(operation_id: str, summary: str, *parameters: Any) -> dict[str, Any]:
+        return {
+            "get": {
+                "operationId": operation_id,
+                "summary": summary,
+                "parameters": list(parameters),
+                "responses": graphql_answer,
+            }
+        }
+
+    number = {"type": "number", "minimum": 0}
+    flag = {"type": "string", "enum": ["true", "false"]}
+    paywall = (
+        _param("billingCountryCode", "query", "Prices for this country."),
+        _param("fetchAllCountriesPrices", "query", "Every country's prices.", schema=flag),
+        _param("includeHiddenPlans", "query", "Hidden plans too.", schema=flag),
+    )
+    return {
+        "/v1/c/{customerId}/entitlements.json": read(
+            "edgeEntitlements",
+            "Entitlements from the cache; with featureId one (`data.entitlement`).",
+            customer,
+            resource,
+            _param("featureId", "query", "One feature only."),
+            _param("requestedUsage", "query", "With featureId.", schema=number),
+        ),
+        "/v1/c/{customerId}/entitlements-state.json": read(
+            "edgeEntitlementsState", "entitlementsState, from the cache.", customer, resource
+        ),
+        "/v1/c/{customerId}/subscriptions.json": read(
+            "edgeSubscriptions",
+            "Active subscriptions, forwarded (single-flight).",
+            customer,
+            resource,
+            _param("resourceIds", "query", "Several resources (repeated)."),
+        ),
+        "/v1/paywall.json": read("edgePaywall", "The paywall, cached briefly.", *paywall),
+        "/v1/p/{productId}/paywall.json": read(
+            "edgeProductPaywall",
+            "One product's paywall, cached briefly.",
+            _param("productId", "path", "The product's id."),
+            *paywall,
+        ),
+        "/v1/config/server-sdk-configuration.json": read(
+            "edgeSdkConfiguration", "What Stigg's Node SDK asks at start-up."
+        ),
+    }
+
+
 def openapi_document() -> dict[str, Any]:
     customer_id = _param("customerId", "path", "The customer's id in Stigg.")
     paths: dict[str, Any] = {
@@ -410,6 +471,17 @@ def openapi_document() -> dict[str, Any]:
             }
         },
     }
+    paths["/graphql"]["get"] = {
+        "operationId": "graphqlWebsocket",
+        "summary": "Realtime websocket (graphql-transport-ws), proxied to Stigg.",
+        "description": "The sidecar's API key replaces the one in connection_init; the updates"
+        " flowing by keep the sidecar's cache current. realtime.proxyMaxConnections at once.",
+        "responses": {
+            "101": {"description": "Switching to the websocket."},
+            **_errors(400, 503),
+        },
+    }
+    paths.update(_edge_paths())
     paths.update(usage_paths())
     return {
         "openapi": "3.1.0",

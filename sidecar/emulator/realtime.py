@@ -1,5 +1,7 @@
-"""Stigg's realtime subscriptions over graphql-transport-ws: ``entitlementsUpdated`` and
-``usageUpdated`` pushed whenever the emulator's state changes."""
+"""Stigg's realtime subscriptions over graphql-transport-ws: ``entitlementsUpdated(V2)`` and
+``usageUpdated(V2)`` pushed whenever the emulator's state changes, as text frames (graphql-ws
+clients reject binary ones). ``packagePublished`` and ``creditBalanceUpdated`` are accepted
+and never fire: a catalog file is never republished and credits are not emulated."""
 
 from __future__ import annotations
 
@@ -20,7 +22,16 @@ from sidecar.emulator.state import EmulatorState, StateEvent
 log = logging.getLogger(__name__)
 
 PROTOCOL = "graphql-transport-ws"
-SUPPORTED = {"entitlementsUpdated", "usageUpdated"}
+SUPPORTED = {
+    "entitlementsUpdated",
+    "entitlementsUpdatedV2",
+    "usageUpdated",
+    "usageUpdatedV2",
+    "packagePublished",
+    "creditBalanceUpdated",
+}
+# Stigg sends the account of the environment; the emulator has a single one.
+ACCOUNT_ID = "emulator"
 INIT_TIMEOUT_SECONDS = 10.0
 
 
@@ -34,7 +45,7 @@ class _Connection:
         self.events: asyncio.Queue[StateEvent] = asyncio.Queue()
 
     async def send(self, message: Mapping[str, Any]) -> None:
-        await self.ws.send_bytes(orjson.dumps(message))
+        await self.ws.send_str(orjson.dumps(message).decode())
 
     def subscribe(self, message: Mapping[str, Any]) -> str | None:
         """Register a subscription; returns an error message when it cannot be served."""
@@ -81,13 +92,24 @@ def _root_values(state: EmulatorState, event: StateEvent) -> dict[str, Any]:
     if kind == "entitlements":
         resource_id = event[2]
         snapshot = state.entitlements_state(customer_id, resource_id)
+        common = {
+            "accountId": ACCOUNT_ID,
+            "environmentId": state.shapes.environment_id,
+            "customerId": customer_id,
+            "resourceId": resource_id,
+            "accessDeniedReason": snapshot["accessDeniedReason"],
+        }
         return {
             "entitlementsUpdated": {
-                **snapshot,
+                **common,
                 "__typename": "EntitlementsUpdated",
-                "customerId": customer_id,
-                "resourceId": resource_id,
-            }
+                "entitlements": snapshot["entitlements"],
+            },
+            "entitlementsUpdatedV2": {
+                **common,
+                "__typename": "EntitlementsUpdatedV2",
+                "entitlements": snapshot["entitlementsV2"],
+            },
         }
     if kind == "usage":
         feature_id, resource_id = event[2], event[3]
@@ -98,6 +120,21 @@ def _root_values(state: EmulatorState, event: StateEvent) -> dict[str, Any]:
         if entitlement is None:
             return {}
         return {
+            "usageUpdatedV2": {
+                "__typename": "UsageUpdatedV2",
+                "accountId": ACCOUNT_ID,
+                "environmentId": state.shapes.environment_id,
+                "customerId": customer_id,
+                "resourceId": resource_id,
+                "entitlementReference": {"id": feature_id, "type": "FEATURE"},
+                "usage": {
+                    "currentUsage": entitlement.get("currentUsage") or 0.0,
+                    "usagePeriodStart": entitlement.get("usagePeriodStart"),
+                    "usagePeriodEnd": entitlement.get("usagePeriodEnd"),
+                    "usageUpdatedAt": entitlement.get("usageUpdatedAt")
+                    or entitlement.get("entitlementUpdatedAt"),
+                },
+            },
             "usageUpdated": {
                 "__typename": "UsageUpdated",
                 "entitlement": entitlement,
@@ -111,7 +148,7 @@ def _root_values(state: EmulatorState, event: StateEvent) -> dict[str, Any]:
                     "usagePeriodEnd": _epoch_ms(entitlement.get("usagePeriodEnd")),
                     "nextResetDate": _epoch_ms(entitlement.get("nextResetDate")),
                 },
-            }
+            },
         }
     return {}
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from inspect import isawaitable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any
 
 from graphql import (
     DocumentNode,
@@ -23,7 +23,6 @@ from graphql import (
     FragmentSpreadNode,
     GraphQLError,
     GraphQLOutputType,
-    GraphQLResolveInfo,
     GraphQLSchema,
     InlineFragmentNode,
     OperationDefinitionNode,
@@ -40,7 +39,10 @@ from graphql import (
     validate,
 )
 
-from sidecar.emulator.state import EmulatorError, EmulatorState
+from sidecar.emulator.catalog_reads import CATALOG_RESOLVERS
+from sidecar.emulator.fields import Info, Resolver, state_of, stigg_errors
+from sidecar.emulator.reads import READ_RESOLVERS
+from sidecar.emulator.state import EmulatorState
 
 log = logging.getLogger(__name__)
 
@@ -48,75 +50,49 @@ SCHEMA_FILE = Path(__file__).parent / "schema" / "stigg.graphql"
 DOCUMENT_CACHE_SIZE = 512
 
 JsonDict = dict[str, Any]
-Resolver = Callable[..., Any]
-
-if TYPE_CHECKING:
-    # Generic over the context type since graphql-core 3.3; the context is the state.
-    Info: TypeAlias = GraphQLResolveInfo[EmulatorState]
-
 
 # --- root resolvers ---------------------------------------------------------------------------
 
 
-def _state(info: Info) -> EmulatorState:
-    return info.context
-
-
-def _stigg_errors(resolver: Resolver) -> Resolver:
-    """Turn ``EmulatorError`` into the GraphQL error Stigg sends (code in ``extensions``)."""
-
-    @functools.wraps(resolver)
-    def wrapper(root: object, info: Info, **args: Any) -> Any:
-        try:
-            return resolver(root, info, **args)
-        except EmulatorError as exc:
-            raise GraphQLError(
-                exc.message,
-                extensions={"code": exc.code, "isValidationError": exc.is_validation_error},
-            ) from None
-
-    return wrapper
-
-
-@_stigg_errors
+@stigg_errors
 def _entitlements_state(_root: object, info: Info, **args: Any) -> Any:
     query = args["query"]
-    return _state(info).entitlements_state(query["customerId"], query.get("resourceId"))
+    return state_of(info).entitlements_state(query["customerId"], query.get("resourceId"))
 
 
-@_stigg_errors
+@stigg_errors
 def _get_customer(_root: object, info: Info, **args: Any) -> Any:
-    return _state(info).get_customer(args["input"]["customerId"])
+    return state_of(info).get_customer(args["input"]["customerId"])
 
 
-@_stigg_errors
+@stigg_errors
 def _provision_customer(_root: object, info: Info, **args: Any) -> Any:
-    return _state(info).provision_customer(args["input"])
+    return state_of(info).provision_customer(args["input"])
 
 
-@_stigg_errors
+@stigg_errors
 def _provision_subscription(_root: object, info: Info, **args: Any) -> Any:
-    return _state(info).provision_subscription(args["input"])
+    return state_of(info).provision_subscription(args["input"])
 
 
-@_stigg_errors
+@stigg_errors
 def _cancel_subscription(_root: object, info: Info, **args: Any) -> Any:
-    return _state(info).cancel_subscription(args["input"])
+    return state_of(info).cancel_subscription(args["input"])
 
 
-@_stigg_errors
+@stigg_errors
 def _report_usage(_root: object, info: Info, **args: Any) -> Any:
-    return _state(info).report_usage(args["input"])
+    return state_of(info).report_usage(args["input"])
 
 
-@_stigg_errors
+@stigg_errors
 def _report_usage_bulk(_root: object, info: Info, **args: Any) -> Any:
-    return _state(info).report_usage_bulk(args["input"]["usages"])
+    return state_of(info).report_usage_bulk(args["input"]["usages"])
 
 
-@_stigg_errors
+@stigg_errors
 def _report_event(_root: object, info: Info, **args: Any) -> Any:
-    _state(info).report_events(args["events"]["usageEvents"])
+    state_of(info).report_events(args["events"]["usageEvents"])
     return None
 
 
@@ -129,6 +105,8 @@ ROOT_RESOLVERS: Mapping[str, Resolver] = {
     "reportUsage": _report_usage,
     "reportUsageBulk": _report_usage_bulk,
     "reportEvent": _report_event,
+    **READ_RESOLVERS,
+    **CATALOG_RESOLVERS,
 }
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from sidecar.emulator.catalog import Catalog, Feature
 from sidecar.emulator.periods import Clock, current_period, iso, parse_iso
+from sidecar.emulator.promotions import Promotion, new_promotion, promotion_dict
 from sidecar.emulator.shapes import (
     JsonDict,
     Lazy,
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 # Stigg's published limits.
 MAX_BULK_USAGES = 100
 MAX_EVENTS_PER_CALL = 1000
+# Points of usage history kept per customer, feature and resource (benchmarks report a lot).
+USAGE_HISTORY = 1000
 
 # ("entitlements", customerId, resourceId) or ("usage", customerId, featureId, resourceId)
 StateEvent = tuple[str | None, ...]
@@ -118,6 +121,7 @@ class StateCounters:
     usages_applied: int = 0
     duplicate_keys: int = 0
     events_accepted: int = 0
+    entitlement_checks: int = 0
     duplicate_events: int = 0
     bulk_sizes: list[int] = field(default_factory=list)
     event_batch_sizes: list[int] = field(default_factory=list)
@@ -192,7 +196,7 @@ class EmulatorState:
         entitlements: list[JsonDict] = []
         if customer is None:
             reason = "CustomerNotFound"
-        elif not customer.active_subscriptions(resource_id):
+        elif not customer.active_subscriptions(resource_id) and not self._promotions_of(customer):
             reason = "NoActiveSubscription"
         else:
             entitlements = self.entitlements(customer, resource_id)
@@ -303,6 +307,112 @@ class EmulatorState:
         self._notify(("entitlements", subscription.customer_id, subscription.resource_id))
         return self._subscription_dict(subscription)
 
+    def update_customer(self, params: Mapping[str, Any]) -> JsonDict:
+        """``updateOneCustomer``: the fields given replace the stored ones."""
+        customer = self._require_customer(params.get("customerId") or params.get("refId") or "")
+        for key, attr in (
+            ("name", "name"),
+            ("email", "email"),
+            ("billingId", "billing_id"),
+            ("additionalMetaData", "additional_meta_data"),
+        ):
+            if key in params:
+                setattr(customer, attr, params[key])
+        customer.updated_at = self.clock.now()
+        return self._customer_dict(customer)
+
+    def archive_customer(self, customer_id: str) -> JsonDict:
+        """``archiveCustomer``: its subscriptions end and it is no longer found."""
+        customer = self._require_customer(customer_id)
+        now = self.clock.now()
+        resources = {s.resource_id for s in customer.subscriptions} | {None}
+        for subscription in customer.subscriptions:
+            if subscription.is_active:
+                self._end(subscription, now)
+        result = self._customer_dict(customer)
+        del self._customers[customer_id]
+        self._promotions.pop(customer_id, None)
+        for resource_id in sorted(resources, key=lambda r: r or ""):
+            self._notify(("entitlements", customer_id, resource_id))
+        return result
+
+    def update_subscription(self, params: Mapping[str, Any]) -> JsonDict:
+        """``updateOneSubscription``: metadata, billing period and unit quantity."""
+        ref_id = params.get("subscriptionId") or params.get("refId") or ""
+        subscription = self._subscriptions.get(ref_id)
+        if subscription is None or subscription.customer_id not in self._customers:
+            raise EmulatorError("SubscriptionNotFound", f"Subscription {ref_id} not found")
+        if not subscription.is_active:
+            raise EmulatorError(
+                "SubscriptionAlreadyCanceledOrExpired",
+                f"Subscription {ref_id} is already canceled or expired",
+            )
+        for key, attr in (
+            ("additionalMetaData", "additional_meta_data"),
+            ("billingPeriod", "billing_period"),
+            ("unitQuantity", "unit_quantity"),
+        ):
+            if params.get(key) is not None:
+                setattr(subscription, attr, params[key])
+        return self._subscription_dict(subscription)
+
+    def subscriptions_of(self, customer_id: str) -> list[SubscriptionRecord]:
+        return list(self._require_customer(customer_id).subscriptions)
+
+    def all_subscriptions(self) -> list[SubscriptionRecord]:
+        return [s for s in self._subscriptions.values() if s.customer_id in self._customers]
+
+    def subscription_dict(self, subscription: SubscriptionRecord) -> JsonDict:
+        return self._subscription_dict(subscription)
+
+    def grant_promotions(
+        self, customer_id: str, grants: Sequence[Mapping[str, Any]]
+    ) -> list[JsonDict]:
+        """``grantPromotionalEntitlements``: a new grant of a feature replaces the previous one."""
+        customer = self._require_customer(customer_id)
+        now = self.clock.now()
+        promotions: list[Promotion] = []
+        for grant in grants:
+            feature = self._require_feature(grant["featureId"])
+            if grant["period"] == "CUSTOM" and not grant.get("customEndDate"):
+                raise EmulatorError("BadUserInput", "customEndDate is required for a CUSTOM period")
+            if (
+                feature.type == "NUMBER"
+                and grant.get("usageLimit") is None
+                and not grant.get("hasUnlimitedUsage")
+            ):
+                raise EmulatorError(
+                    "BadUserInput", f"usageLimit or hasUnlimitedUsage is required for {feature.id}"
+                )
+            custom_end = self._parse_date(grant.get("customEndDate"), "customEndDate")
+            promotions.append(new_promotion(grant, now, custom_end))
+        granted = self._promotions.setdefault(customer_id, {})
+        for promotion in promotions:
+            granted[promotion.feature_id] = promotion
+        self._entitlements_changed(customer, now)
+        back_reference = lazy(lambda: self._customer_dict(customer))
+        return [self._promotion_dict(p, back_reference) for p in promotions]
+
+    def revoke_promotion(self, customer_id: str, feature_id: str) -> JsonDict:
+        """``revokePromotionalEntitlement``."""
+        customer = self._require_customer(customer_id)
+        promotion = self._promotions.get(customer_id, {}).pop(feature_id, None)
+        if promotion is None:
+            raise EmulatorError(
+                "PromotionalEntitlementNotFoundError",
+                f"No promotional entitlement of {feature_id} for customer {customer_id}",
+            )
+        promotion.status = "Expired"
+        now = self.clock.now()
+        self._entitlements_changed(customer, now)
+        return self._promotion_dict(promotion, lazy(lambda: self._customer_dict(customer)))
+
+    def _entitlements_changed(self, customer: CustomerRecord, now: datetime) -> None:
+        customer.updated_at = customer.entitlements_updated_at = now
+        resources = {s.resource_id for s in customer.subscriptions} | {None}
+        for resource_id in sorted(resources, key=lambda r: r or ""):
+            self._notify(("entitlements", customer.customer_id, resource_id))
+
     # --- usage and events ---------------------------------------------------------------------
 
     def report_usage(self, usage: Mapping[str, Any]) -> JsonDict:
@@ -349,6 +459,9 @@ class EmulatorState:
         self._usage: dict[UsageKey, UsageRecord] = {}
         self._usage_keys: set[str] = set()
         self._event_keys: set[str] = set()
+        self._promotions: dict[str, dict[str, Promotion]] = {}
+        # The latest changes of each usage value, for usageHistory.
+        self.usage_history: dict[UsageKey, deque[tuple[datetime, float]]] = {}
         # The last accepted events, for tests and for curl users to look at.
         self.events: deque[JsonDict] = deque(maxlen=10_000)
         for seed in self.catalog.customers:
@@ -413,7 +526,24 @@ class EmulatorState:
                     anchor=subscription.start_date,
                 )
                 grants[ent.feature_id] = _merge(grants.get(ent.feature_id), candidate)
+        # Promotional grants are the customer's, whatever the resource.
+        for promotion in self._promotions_of(customer):
+            candidate = Grant(
+                feature=self.catalog.features[promotion.feature_id],
+                usage_limit=promotion.usage_limit,
+                has_unlimited_usage=promotion.has_unlimited_usage,
+                has_soft_limit=promotion.has_soft_limit,
+                reset_period=promotion.reset_period,
+                enum_values=promotion.enum_values,
+                anchor=promotion.start,
+            )
+            grants[promotion.feature_id] = _merge(grants.get(promotion.feature_id), candidate)
         return grants
+
+    def _promotions_of(self, customer: CustomerRecord) -> list[Promotion]:
+        now = self.clock.now()
+        granted = self._promotions.get(customer.customer_id, {})
+        return [p for p in granted.values() if p.is_active(now)]
 
     def _period(self, grant: Grant | None, now: datetime) -> tuple[datetime, datetime] | None:
         if grant is None or grant.reset_period is None:
@@ -492,6 +622,8 @@ class EmulatorState:
                 period_start=item.period[0] if item.period else None,
                 updated_at=now,
             )
+            history = self.usage_history.setdefault(item.key, deque(maxlen=USAGE_HISTORY))
+            history.append((now, item.new_usage))
             if item.idempotency_key:
                 self._usage_keys.add(item.idempotency_key)
             self.counters.usages_applied += 1
@@ -672,8 +804,7 @@ class EmulatorState:
             "hasActiveResource": any(s.resource_id is not None for s in active),
             "hasPaymentMethod": False,
             "totalActiveSubscription": float(len(active)),
-            "totalActivePromotionalEntitlements": 0.0,
-            "promotionalEntitlements": [],
+            "totalActivePromotionalEntitlements": float(len(self._promotions_of(customer))),
             "eligibleForTrial": [],
             "trialedPlans": [],
             "syncStates": [],
@@ -682,7 +813,14 @@ class EmulatorState:
         result["subscriptions"] = [
             self._subscription_dict(s, back_reference) for s in customer.subscriptions
         ]
+        result["promotionalEntitlements"] = [
+            self._promotion_dict(p, back_reference) for p in self._promotions_of(customer)
+        ]
         return result
+
+    def _promotion_dict(self, promotion: Promotion, customer: Lazy) -> JsonDict:
+        feature = self.shapes.feature(promotion.feature_id)
+        return promotion_dict(promotion, feature, customer, self.shapes.environment_id)
 
     def _subscription_dict(
         self, subscription: SubscriptionRecord, customer: Lazy | None = None

@@ -214,8 +214,9 @@ class CheckRequest(NamedTuple):
 
 
 @functools.lru_cache(maxsize=4096)
-def _iso(epoch: float | None) -> str | None:
-    """Cached: the same few period boundaries are formatted for every check."""
+def iso(epoch: float | None) -> str | None:
+    """Epoch seconds as Stigg's DateTime; cached: the same few period boundaries are
+    formatted for every check."""
     return None if epoch is None else format_epoch(epoch)
 
 
@@ -288,8 +289,8 @@ def _describe(fields: dict[str, Any], entitlement: FeatureEntitlement, now: floa
         fields["currentUsage"] = _current_usage(entitlement, now) or 0.0
         fields["resetPeriod"] = entitlement.reset_period
         start, end = entitlement.usage_period_start, entitlement.usage_period_end
-        fields["usagePeriodStart"] = _iso(start)
-        fields["usagePeriodEnd"] = _iso(end)
+        fields["usagePeriodStart"] = iso(start)
+        fields["usagePeriodEnd"] = iso(end)
     elif entitlement.feature_type == "NUMBER":
         fields["type"] = "NUMERIC"
         fields["usageLimit"] = entitlement.usage_limit

@@ -171,17 +171,26 @@ class EntitlementService:
 
     async def list(self, customer_id: str, resource_id: str | None) -> dict[str, Any]:
         """All of the customer's entitlements (config fallbacks when nothing else can answer)."""
+        state, source = await self.snapshot(customer_id, resource_id)
+        if state is None:
+            return self._fallback_list(customer_id, resource_id)
+        return _listing(state, resource_id, self._clock(), source)
+
+    async def snapshot(
+        self, customer_id: str, resource_id: str | None
+    ) -> tuple[EntitlementsState | None, str]:
+        """The customer's state and its source (cache, upstream or stale), through the same
+        cache, single-flight and stale fallback as checks; None when nothing can answer."""
         key = (customer_id, resource_id)
         now = self._clock()
         entry = self._l1.get_nowait(key)
         if entry is not None and entry.is_fresh(now):
-            return _listing(entry.value, resource_id, now, "cache")
+            self._hit(key, entry, now)
+            return entry.value, "cache"
         fetched, source, stale = await self._resolve(key, entry)
         if fetched is not None:
-            return _listing(fetched, resource_id, self._clock(), source)
-        if stale is not None:
-            return _listing(stale, resource_id, self._clock(), "stale")
-        return self._fallback_list(customer_id, resource_id)
+            return fetched, source
+        return stale, "stale"
 
     async def reload(self, customer_id: str, resource_id: str | None) -> dict[str, Any]:
         """Fetch the customer's state from Stigg now (errors propagate: the caller asked)."""

@@ -48,6 +48,11 @@ REPORT_USAGE_BULK = _load("ReportUsageBulk", "reportUsageBulk", _bulk_has_keys)
 # Every event carries a required idempotency key, so a resend is never counted twice.
 REPORT_EVENT = _load("ReportEvent", "reportEvent", _always)
 
+# What the edge read API (sidecar/api/edge.py) forwards: the official clients' own documents.
+GET_ACTIVE_SUBSCRIPTIONS = _load("GetActiveSubscriptionsList", "getActiveSubscriptions", _always)
+GET_PAYWALL = _load("GetPaywall", "paywall", _always)
+GET_SDK_CONFIGURATION = _load("GetSdkConfiguration", "sdkConfiguration", _always)
+
 # Realtime subscriptions (graphql-transport-ws); never sent over HTTP.
 ON_ENTITLEMENTS_UPDATED = _load("OnEntitlementsUpdated", "entitlementsUpdated", _never)
 ON_USAGE_UPDATED = _load("OnUsageUpdated", "usageUpdated", _never)
@@ -60,6 +65,9 @@ ALL_OPERATIONS = (
     CANCEL_SUBSCRIPTION,
     REPORT_USAGE_BULK,
     REPORT_EVENT,
+    GET_ACTIVE_SUBSCRIPTIONS,
+    GET_PAYWALL,
+    GET_SDK_CONFIGURATION,
     ON_ENTITLEMENTS_UPDATED,
     ON_USAGE_UPDATED,
 )

@@ -39,6 +39,8 @@ class RealtimeSink(Protocol):
 
     async def apply_usage(self, updates: Iterable[UsageUpdate], *, publish: bool = True) -> int: ...
 
+    async def invalidate(self, customer_id: str) -> None: ...
+
 
 class ProtocolViolation(Exception):
     """The server did not follow graphql-transport-ws (or refused us)."""
@@ -90,13 +92,13 @@ class RealtimeListener:
         async with session.ws_connect(
             self._url, protocols=(PROTOCOL,), heartbeat=None, autoping=True
         ) as ws:
-            await ws.send_bytes(
+            await ws.send_str(
                 orjson.dumps(
                     {
                         "type": "connection_init",
                         "payload": {"headers": {"X-API-KEY": self._api_key.reveal()}},
                     }
-                )
+                ).decode()
             )
             ack = await ws.receive(timeout=ACK_TIMEOUT_SECONDS)
             if _decode(ack).get("type") != "connection_ack":
@@ -105,7 +107,7 @@ class RealtimeListener:
                 ("entitlements", documents.ON_ENTITLEMENTS_UPDATED),
                 ("usage", documents.ON_USAGE_UPDATED),
             ):
-                await ws.send_bytes(
+                await ws.send_str(
                     orjson.dumps(
                         {
                             "id": sub_id,
@@ -115,7 +117,7 @@ class RealtimeListener:
                                 "operationName": operation.name,
                             },
                         }
-                    )
+                    ).decode()
                 )
             self.connected = True
             self.connections += 1
@@ -129,7 +131,7 @@ class RealtimeListener:
                 message = await ws.receive(timeout=interval)
             except TimeoutError:
                 # Quiet line: ping, and give up on it when even the pong does not come.
-                await ws.send_bytes(b'{"type":"ping"}')
+                await ws.send_str('{"type":"ping"}')
                 message = await ws.receive(timeout=interval)
             if message.type in (
                 aiohttp.WSMsgType.CLOSE,
@@ -141,7 +143,7 @@ class RealtimeListener:
             payload = _decode(message)
             kind = payload.get("type")
             if kind == "ping":
-                await ws.send_bytes(b'{"type":"pong"}')
+                await ws.send_str('{"type":"pong"}')
             elif kind == "next":
                 await self._dispatch(payload.get("payload") or {})
             elif kind == "error":
@@ -152,30 +154,51 @@ class RealtimeListener:
                 )
 
     async def _dispatch(self, payload: Mapping[str, Any]) -> None:
-        data = payload.get("data") or {}
-        try:
-            if "entitlementsUpdated" in data:
-                update = data["entitlementsUpdated"]
-                await self._sink.apply_state(update["customerId"], update.get("resourceId"), update)
-            elif "usageUpdated" in data:
-                usage = data["usageUpdated"]["usage"]
-                figure = UsageFigure(
-                    usage["customerId"],
-                    usage.get("resourceId"),
-                    usage["featureId"],
-                    float(usage["currentUsage"]),
-                    parse_timestamp(usage.get("usagePeriodStart")),
-                    parse_timestamp(usage.get("usagePeriodEnd")),
-                )
-                # Every replica has its own link to Stigg: nothing to tell the others.
-                await self._sink.apply_usage([figure], publish=False)
-            else:
-                return
-        except (KeyError, TypeError, ValueError) as exc:
-            log.warning("ignoring a malformed realtime update: %r", exc)
-            return
-        self.updates += 1
-        self.last_update_at = time.time()
+        if await apply_update(self._sink, payload.get("data") or {}):
+            self.updates += 1
+            self.last_update_at = time.time()
+
+
+async def apply_update(sink: RealtimeSink, data: Mapping[str, Any]) -> bool:
+    """Apply one subscription payload's ``data`` to ``sink``; False when it carries no update
+    (or a malformed one). Reads ``usageUpdatedV2`` too, which apps' own SDKs subscribe to."""
+    figure: UsageFigure | None = None
+    try:
+        if "entitlementsUpdated" in data:
+            update = data["entitlementsUpdated"]
+            await sink.apply_state(update["customerId"], update.get("resourceId"), update)
+        elif "usageUpdated" in data:
+            usage = data["usageUpdated"]["usage"]
+            figure = UsageFigure(
+                usage["customerId"],
+                usage.get("resourceId"),
+                usage["featureId"],
+                float(usage["currentUsage"]),
+                parse_timestamp(usage.get("usagePeriodStart")),
+                parse_timestamp(usage.get("usagePeriodEnd")),
+            )
+        elif "usageUpdatedV2" in data:
+            update = data["usageUpdatedV2"]
+            reference, usage = update["entitlementReference"], update["usage"]
+            if reference.get("type") != "FEATURE":
+                return False  # credits are not cached
+            figure = UsageFigure(
+                update["customerId"],
+                update.get("resourceId"),
+                reference["id"],
+                float(usage["currentUsage"]),
+                parse_timestamp(usage.get("usagePeriodStart")),
+                parse_timestamp(usage.get("usagePeriodEnd")),
+            )
+        else:
+            return False
+        if figure is not None:
+            # Every replica has its own link to Stigg: nothing to tell the others.
+            await sink.apply_usage([figure], publish=False)
+    except (KeyError, TypeError, ValueError) as exc:
+        log.warning("ignoring a malformed realtime update: %r", exc)
+        return False
+    return True
 
 
 def _decode(message: aiohttp.WSMessage) -> dict[str, Any]:

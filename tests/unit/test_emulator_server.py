@@ -186,12 +186,12 @@ async def test_operation_name_selects_and_is_checked(http: httpx.AsyncClient) ->
 
 
 async def test_unsupported_root_field(http: httpx.AsyncClient) -> None:
-    response = await gql(http, "query { plans { totalCount } }")
+    response = await gql(http, "query { coupons { totalCount } }")
     assert response.status_code == 200
     error = one_error(response)
-    assert error["message"] == "plans is not supported by the emulator"
+    assert error["message"] == "coupons is not supported by the emulator"
     assert error["extensions"] == {"code": "Unsupported"}
-    assert error["path"] == ["plans"]
+    assert error["path"] == ["coupons"]
 
 
 # --- business answers and errors --------------------------------------------------------------
