@@ -22,7 +22,7 @@ from sidecar.api.edge import edge_routes
 from sidecar.api.errors import error_middleware
 from sidecar.api.graphql import graphql_passthrough
 from sidecar.api.graphql_ws import close_graphql_websockets, graphql_websocket, graphql_ws_ctx
-from sidecar.api.grpc.server import GrpcListener, grpc_lifetime
+from sidecar.api.grpc.server import GrpcListener, start_grpc
 from sidecar.api.management import (
     MANAGEMENT,
     METRICS,
@@ -206,17 +206,19 @@ GRPC = web.AppKey("grpc", GrpcListener)
 
 
 async def _grpc_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Started after the services, stopped (drained) before them."""
     settings = app[SETTINGS]
-    async for _ in grpc_lifetime(
+    listener = app[GRPC] = await start_grpc(
         settings.grpc,
         lambda: app[SERVICES],
         token=settings.auth_token,
         max_reports=settings.usage.max_reports_per_request,
         registry=app[METRICS].registry,
-        grace_seconds=settings.server.shutdown_timeout_seconds,
-        started=lambda listener: app.__setitem__(GRPC, listener),
-    ):
+    )
+    try:
         yield
+    finally:
+        await listener.stop(settings.server.shutdown_timeout_seconds)
 
 
 async def _openapi(request: web.Request) -> web.Response:
@@ -268,4 +270,26 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> web.A
     app.router.add_post("/graphql", graphql_passthrough)
     app.router.add_get("/graphql", graphql_websocket, allow_head=False)
     app.router.add_get("/openapi.json", _openapi, allow_head=False)
+    _unwind_on_failed_start(app)
     return app
+
+
+def _unwind_on_failed_start(app: web.Application) -> None:
+    """Close the contexts already entered when a later one fails to start.
+
+    aiohttp's ``run_app`` calls cleanup only after a successful start, so a failed one (a taken
+    MCP port, say) left the gRPC server, spool and background tasks open until the loop's
+    final sweep closed them in no order, which crashed CPython 3.11 now and then (SIGSEGV in
+    an async generator's athrow)."""
+    contexts = app.cleanup_ctx
+
+    async def start(app: web.Application) -> None:
+        try:
+            await contexts._on_startup(app)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await contexts._on_cleanup(app)
+            contexts._exits.clear()
+            raise
+
+    app.on_startup[app.on_startup.index(contexts._on_startup)] = start

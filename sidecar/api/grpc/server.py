@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -72,24 +72,3 @@ async def start_grpc(
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("gRPC API (stigg.sidecar.v1.SidecarService) on %s:%d", settings.host, port)
     return GrpcListener(server, health_servicer, port)
-
-
-async def grpc_lifetime(
-    settings: GrpcSettings,
-    services: Callable[[], Services],
-    *,
-    token: Secret | None,
-    max_reports: int,
-    registry: CollectorRegistry,
-    grace_seconds: float,
-    started: Callable[[GrpcListener], None],
-) -> AsyncIterator[None]:
-    """Started after the services, stopped (drained) before them: a ``cleanup_ctx`` body."""
-    listener = await start_grpc(
-        settings, services, token=token, max_reports=max_reports, registry=registry
-    )
-    started(listener)
-    try:
-        yield
-    finally:
-        await listener.stop(grace_seconds)
