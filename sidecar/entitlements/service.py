@@ -30,9 +30,9 @@ from sidecar.entitlements.model import (
     evaluate,
     parse_timestamp,
 )
-from sidecar.upstream import documents
+from sidecar.upstream import answers, documents
 from sidecar.upstream.client import Upstream
-from sidecar.upstream.errors import UpstreamError
+from sidecar.upstream.errors import StiggError, UpstreamError
 from sidecar.usage.model import UsageReport
 
 log = logging.getLogger(__name__)
@@ -274,9 +274,16 @@ class EntitlementService:
         if resource_id is not None:
             query["resourceId"] = resource_id
         self.stats.fetches += 1
-        raw = await self._upstream.execute(documents.ENTITLEMENTS_STATE, {"query": query})
+        try:
+            raw = await self._upstream.execute(documents.ENTITLEMENTS_STATE, {"query": query})
+        except StiggError as exc:
+            # Stigg may say "not found" as an error instead of a denial: the same answer.
+            if exc.stigg_code != CUSTOMER_NOT_FOUND:
+                raise
+            raw = {"accessDeniedReason": CUSTOMER_NOT_FOUND, "entitlements": []}
         self._upstream_slow = False
-        state = EntitlementsState.from_stigg(customer_id, resource_id, raw, self._clock())
+        answer = answers.entitlements_state(raw)
+        state = EntitlementsState.from_stigg(customer_id, resource_id, answer, self._clock())
         if self._generation.get(customer_id, 0) == generation:
             await self._store(key, state)
         return state

@@ -21,7 +21,8 @@ import orjson
 
 from sidecar.config import RealtimeSettings, Secret
 from sidecar.entitlements.model import parse_timestamp
-from sidecar.upstream import documents
+from sidecar.upstream import answers, documents
+from sidecar.upstream.errors import UpstreamProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -160,25 +161,26 @@ class RealtimeListener:
                 )
 
     async def _dispatch(self, payload: Mapping[str, Any]) -> None:
-        data = payload.get("data") or {}
+        data = payload.get("data")
+        data = data if isinstance(data, dict) else {}
         try:
             if "entitlementsUpdated" in data:
-                update = data["entitlementsUpdated"]
-                await self._sink.apply_state(update["customerId"], update.get("resourceId"), update)
+                update = answers.entitlements_update(data["entitlementsUpdated"])
+                await self._sink.apply_state(update["customerId"], update["resourceId"], update)
             elif "usageUpdated" in data:
-                usage = data["usageUpdated"]["usage"]
+                usage = answers.usage_update(data["usageUpdated"])
                 await self._sink.apply_usage(
                     usage["customerId"],
-                    usage.get("resourceId"),
+                    usage["resourceId"],
                     usage["featureId"],
-                    float(usage["currentUsage"]),
-                    usage_period_start=parse_timestamp(usage.get("usagePeriodStart")),
-                    usage_period_end=parse_timestamp(usage.get("usagePeriodEnd")),
+                    usage["currentUsage"],
+                    usage_period_start=parse_timestamp(usage["usagePeriodStart"]),
+                    usage_period_end=parse_timestamp(usage["usagePeriodEnd"]),
                 )
             else:
                 return
-        except (KeyError, TypeError, ValueError) as exc:
-            log.warning("ignoring a malformed realtime update: %r", exc)
+        except UpstreamProtocolError as exc:
+            log.warning("ignoring a realtime update: %s", exc.message)
             return
         self.updates += 1
         self.last_update_at = time.time()

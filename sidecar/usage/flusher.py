@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from sidecar.config import UsageSettings
-from sidecar.upstream import documents
+from sidecar.upstream import answers, documents
 from sidecar.upstream.client import Upstream
 from sidecar.upstream.errors import (
     StiggError,
@@ -326,6 +326,9 @@ class Flusher:
             self._kind_stats.upstream_calls += 1
             try:
                 result = await self._upstream.execute(operation, variables)
+                # An answer we cannot read is a failed call: the batch stays and is resent
+                # with the same keys (Stigg counts a repeated key once).
+                confirmed = answers.measurements(result) if self.kind == "usage" else []
             except UpstreamAuthError:
                 self._fail("auth")
                 if not self._stats.auth_paused:
@@ -365,7 +368,7 @@ class Flusher:
                 if self._stats.auth_paused:
                     self._stats.auth_paused = False
                     log.info("Stigg accepts the API key again: usage flushing resumed")
-                await self._acknowledge(batch, result)
+                await self._acknowledge(batch, confirmed)
                 return None
             attempt += 1
             await asyncio.sleep(self._backoff(attempt))
@@ -383,7 +386,7 @@ class Flusher:
                 count,
             )
 
-    async def _acknowledge(self, batch: Batch, result: Any) -> None:
+    async def _acknowledge(self, batch: Batch, confirmed: list[dict[str, Any]]) -> None:
         attempt = 0
         while True:
             try:
@@ -408,8 +411,8 @@ class Flusher:
             for _, accepted_at in item.sources:
                 stats.delivered += 1
                 stats.delivery_seconds.observe(max(0.0, now - accepted_at))
-        if self._on_confirmed is not None and isinstance(result, list):
+        if self._on_confirmed is not None and confirmed:
             try:
-                await self._on_confirmed(result)
+                await self._on_confirmed(confirmed)
             except Exception:
                 log.exception("usage listener failed in usage_confirmed")
