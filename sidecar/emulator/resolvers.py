@@ -40,6 +40,7 @@ from graphql import (
     validate,
 )
 
+from sidecar.emulator.errors import stigg_error
 from sidecar.emulator.state import EmulatorError, EmulatorState
 
 log = logging.getLogger(__name__)
@@ -70,10 +71,7 @@ def _stigg_errors(resolver: Resolver) -> Resolver:
         try:
             return resolver(root, info, **args)
         except EmulatorError as exc:
-            raise GraphQLError(
-                exc.message,
-                extensions={"code": exc.code, "isValidationError": exc.is_validation_error},
-            ) from None
+            raise stigg_error(exc.code, exc.message) from None
 
     return wrapper
 
@@ -86,7 +84,10 @@ def _entitlements_state(_root: object, info: Info, **args: Any) -> Any:
 
 @_stigg_errors
 def _get_customer(_root: object, info: Info, **args: Any) -> Any:
-    return _state(info).get_customer(args["input"]["customerId"])
+    state, customer_id = _state(info), args["input"]["customerId"]
+    if state.null_for_missing and state.customer(customer_id) is None:
+        return None  # nullable: Stigg may answer an unknown customer with null, not an error
+    return state.get_customer(customer_id)
 
 
 @_stigg_errors
