@@ -59,6 +59,9 @@ class Emulator:
         self.max_hang_seconds = max_hang_seconds
         self._api_key = api_key.encode()
         self.websockets: set[web.WebSocketResponse] = set()
+        # Always answer nullable lookups of unknown entities with null (the nullForMissing
+        # fault does it for matching requests only); kept across resets.
+        self.null_for_missing = False
 
     def authorized(self, request: web.Request) -> bool:
         presented = request.headers.get("X-API-KEY", "").encode()
@@ -195,7 +198,9 @@ async def _graphql(request: web.Request) -> web.StreamResponse:
     if chosen.kind is OperationType.SUBSCRIPTION:
         return _graphql_error(400, "Subscriptions are not served over HTTP POST", "BAD_REQUEST")
     # Set and used with no await between: requests cannot see each other's setting.
-    emulator.state.null_for_missing = fault is not None and fault.null_for_missing
+    emulator.state.null_for_missing = emulator.null_for_missing or (
+        fault is not None and fault.null_for_missing
+    )
     answer = run(emulator.state, prepared, chosen, decoded.variables)
     if answer.executed:
         emulator.counters.calls.update(chosen.root_fields)
