@@ -32,7 +32,7 @@ from sidecar.entitlements.model import (
 )
 from sidecar.upstream import answers, documents
 from sidecar.upstream.client import Upstream
-from sidecar.upstream.errors import StiggError, UpstreamError
+from sidecar.upstream.errors import StiggError, UpstreamError, UpstreamTimeout
 from sidecar.usage.model import UsageReport
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ class EntitlementService:
         if stale is not None:
             self.stats.stale += 1
             return self._count(evaluate(stale, request, now, "stale"), "stale")
-        return self._count(self._fallback(request, request_fallback), "fallback")
+        return self._count(self._fallback(request, request_fallback, source), "fallback")
 
     async def check_json(self, request: CheckRequest) -> bytes:
         """``check`` serialised; a plain check (no requested usage or values) on fresh cached
@@ -171,7 +171,7 @@ class EntitlementService:
             return _listing(fetched, resource_id, self._clock(), source)
         if stale is not None:
             return _listing(stale, resource_id, self._clock(), "stale")
-        return self._fallback_list(customer_id, resource_id)
+        return self._fallback_list(customer_id, resource_id, source)
 
     async def reload(self, customer_id: str, resource_id: str | None) -> dict[str, Any]:
         """Fetch the customer's state from Stigg now (errors propagate: the caller asked)."""
@@ -195,7 +195,8 @@ class EntitlementService:
     async def _resolve(
         self, key: CacheKey, entry: CacheEntry[State] | None
     ) -> tuple[State | None, str, State | None]:
-        """(fresh state, its source, usable stale state) after L2 and Stigg were asked."""
+        """(fresh state, its source, usable stale state) after L2 and Stigg were asked; without
+        fresh state, the source is why (an ``UpstreamError`` code): a fallback says so."""
         if entry is None and self._l2 is not None:
             entry = await self._l2_get(key)
             if entry is not None:
@@ -213,26 +214,29 @@ class EntitlementService:
             state = await _wait(fetch, self._settings.check_deadline_seconds)
         except TimeoutError:
             self._upstream_slow = True
-            return None, "upstream", stale  # the fetch goes on and fills the cache
-        except UpstreamError:
-            return None, "upstream", stale
+            return None, UpstreamTimeout.code, stale  # the fetch goes on and fills the cache
+        except UpstreamError as exc:
+            return None, exc.code, stale
         self.stats.misses += 1
         return state, "upstream", None
 
     def _fallback(
-        self, request: CheckRequest, request_fallback: FeatureFallback | None
+        self, request: CheckRequest, request_fallback: FeatureFallback | None, reason: str
     ) -> dict[str, Any]:
         fallback: FeatureFallback | None = request_fallback
         source = "request"
         if fallback is None:
             fallback, source = self._settings.fallback.get(request.feature_id), "config"
         answer = fallback_answer(request, fallback, self._settings.default_has_access, source)
+        answer["fallbackReason"] = reason
         self.stats.fallbacks[answer["source"]] += 1
         return answer
 
-    def _fallback_list(self, customer_id: str, resource_id: str | None) -> dict[str, Any]:
+    def _fallback_list(
+        self, customer_id: str, resource_id: str | None, reason: str
+    ) -> dict[str, Any]:
         answers = [
-            self._fallback(CheckRequest(customer_id, feature_id, resource_id), None)
+            self._fallback(CheckRequest(customer_id, feature_id, resource_id), None, reason)
             for feature_id in self._settings.fallback
         ]
         return {
@@ -240,6 +244,7 @@ class EntitlementService:
             "resourceId": resource_id,
             "accessDeniedReason": None,
             "isFallback": True,
+            "fallbackReason": reason,
             "source": "config",
             "entitlements": answers,
         }
