@@ -225,6 +225,7 @@ def test_provisioning_routes_and_tools(
     @PROPERTY
     @given(answer=http_answers(operation.document))
     def check(answer: HttpAnswer) -> None:
+        h.stigg.queue.clear()  # nothing left over from a failed example
         h.run(drive(answer))
         no_unhandled_errors(caplog)
 
@@ -315,6 +316,7 @@ def test_entitlement_checks_lists_and_tools(
         requested=st.one_of(st.none(), st.floats(0, 1e6)),
     )
     def check(answer: HttpAnswer, requested: float | None) -> None:
+        h.stigg.queue.clear()
         h.run(drive(answer, requested))
         no_unhandled_errors(caplog)
 
