@@ -248,7 +248,8 @@ class _StateCollector(Collector):
             ["operation"],
         )
         counts = answers.DRIFT.counts
-        for operation in dict.fromkeys((*UPSTREAM_OPERATIONS[:-1], *SUBSCRIPTIONS, *counts)):
+        sent = (op for op in UPSTREAM_OPERATIONS if op != "graphql")  # passthrough: not read
+        for operation in dict.fromkeys((*sent, *SUBSCRIPTIONS, *counts)):
             family.add_metric([operation], counts.get(operation, 0))
         return family
 

@@ -48,7 +48,6 @@ PROVISION_STATUSES = frozenset({"PAYMENT_REQUIRED", "SUCCESS"})
 UNKNOWN_REASON = "Unknown"
 # An unknown meter type is enforced against its limit, without assuming a periodic reset.
 UNKNOWN_METER = "Fluctuating"
-DRIFT_KINDS = ("unknown_enum", "wrong_type", "missing_field", "invalid_item", "partial_data")
 WARNING_INTERVAL_SECONDS = 300.0
 
 

@@ -460,8 +460,9 @@ class FakeUsageStigg:
         # Stigg answers a repeat of an applied call as a success, whatever was drawn.
         if self.script and not all(key in seen for key in keys):
             answer, applied_anyway = self.script.popleft()
-            # A timeout or a 5xx may come after Stigg applied the call; an error never does.
-            if answer.is_success or (applied_anyway and (answer.timeout or answer.status >= 500)):
+            # A timeout or a broken answer may come after Stigg applied the call; a GraphQL
+            # error (the root failed) never does.
+            if answer.is_success or (applied_anyway and answer.kind in ("timeout", "http_error")):
                 self.apply(root, items)
             if answer.timeout:
                 raise httpx.ReadTimeout("emulated timeout", request=request)
