@@ -133,7 +133,7 @@ class Harness:
 
 
 @pytest.fixture
-def harness(request: pytest.FixtureRequest) -> Iterator[Callable[[documents.Operation], Harness]]:
+def harness() -> Iterator[Callable[[documents.Operation], Harness]]:
     made: list[Harness] = []
 
     def make(operation: documents.Operation) -> Harness:
