@@ -35,6 +35,7 @@ from prometheus_client.registry import Collector
 
 from sidecar import __version__
 from sidecar.entitlements.service import CHECK_DECISIONS, CHECK_RESULTS
+from sidecar.upstream import answers
 from sidecar.upstream.client import OUTCOMES
 from sidecar.upstream.documents import ALL_OPERATIONS, ON_ENTITLEMENTS_UPDATED, ON_USAGE_UPDATED
 from sidecar.usage.model import KINDS
@@ -71,6 +72,7 @@ HTTP_BUCKETS = (
     2.5,
     10.0,
 )
+SUBSCRIPTIONS = (ON_ENTITLEMENTS_UPDATED.root_field, ON_USAGE_UPDATED.root_field)
 UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # Operations sent over HTTP (subscriptions travel on the realtime websocket), and the raw
 # GraphQL passthrough.
@@ -236,6 +238,20 @@ class _StateCollector(Collector):
             yield from self._usage(services)
             yield from self._breaker(services)
         yield from self._realtime(services.realtime if services is not None else None)
+        yield self._unexpected_answers()
+
+    def _unexpected_answers(self) -> Metric:
+        family = _counter(
+            "upstream_unexpected_answers",
+            "Values in Stigg's answers that differ from its schema (unknown enum value, wrong"
+            " type, missing field, partial data), replaced by safe defaults; by operation.",
+            ["operation"],
+        )
+        counts = answers.DRIFT.counts
+        sent = (op for op in UPSTREAM_OPERATIONS if op != "graphql")  # passthrough: not read
+        for operation in dict.fromkeys((*sent, *SUBSCRIPTIONS, *counts)):
+            family.add_metric([operation], counts.get(operation, 0))
+        return family
 
     def _entitlements(self, services: Services) -> Iterator[Metric]:
         entitlements = services.entitlements

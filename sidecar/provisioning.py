@@ -6,7 +6,7 @@ from datetime import timedelta
 from typing import Any, Protocol
 
 from sidecar.timestamps import format_iso as iso
-from sidecar.upstream import documents
+from sidecar.upstream import answers, documents
 from sidecar.upstream.client import Upstream
 from sidecar.validation import Fields
 
@@ -91,29 +91,6 @@ def cancel_subscription_input(subscription_id: str, body: Any) -> dict[str, Any]
     return payload
 
 
-def _subscription(raw: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Flatten Stigg's nested subscription into the sidecar's camelCase shape."""
-    if raw is None:
-        return None
-    customer = raw.get("customer") or {}
-    plan = raw.get("plan") or {}
-    resource = raw.get("resource") or {}
-    return {
-        "subscriptionId": raw.get("subscriptionId"),
-        "customerId": customer.get("customerId"),
-        "planId": plan.get("refId"),
-        "planName": plan.get("displayName"),
-        "resourceId": resource.get("resourceId"),
-        "status": raw.get("status"),
-        "billingPeriod": raw.get("billingPeriod"),
-        "startDate": raw.get("startDate"),
-        "endDate": raw.get("endDate"),
-        "cancellationDate": raw.get("cancellationDate"),
-        "currentBillingPeriodEnd": raw.get("currentBillingPeriodEnd"),
-        "additionalMetaData": raw.get("additionalMetaData"),
-    }
-
-
 class Invalidator(Protocol):
     """Drops (and refetches) a customer's cached entitlements after a change."""
 
@@ -130,41 +107,22 @@ class ProvisioningService:
     async def provision_customer(self, payload: dict[str, Any]) -> dict[str, Any]:
         raw = await self._upstream.execute(documents.PROVISION_CUSTOMER, {"input": payload})
         await self._cache.invalidate(payload["customerId"])
-        customer = dict(raw.get("customer") or {})
-        subscription = raw.get("subscription")
-        if subscription is not None:
-            subscription = {**subscription, "customer": {"customerId": customer.get("customerId")}}
-        return {
-            "customer": customer,
-            "subscription": _subscription(subscription),
-            "subscriptionDecisionStrategy": raw.get("subscriptionDecisionStrategy"),
-        }
+        return answers.provisioned_customer(raw, payload["customerId"])
 
     async def get_customer(self, customer_id: str) -> dict[str, Any]:
         raw = await self._upstream.execute(
             documents.GET_CUSTOMER, {"input": {"customerId": customer_id}}
         )
-        customer = dict(raw)
-        customer["subscriptions"] = [
-            _subscription({**s, "customer": {"customerId": customer_id}})
-            for s in raw.get("subscriptions") or ()
-        ]
-        return customer
+        return answers.customer(raw, customer_id)
 
     async def provision_subscription(self, payload: dict[str, Any]) -> dict[str, Any]:
         raw = await self._upstream.execute(documents.PROVISION_SUBSCRIPTION, {"input": payload})
         await self._cache.invalidate(payload["customerId"])
-        return {
-            "status": raw.get("status"),
-            "checkoutUrl": raw.get("checkoutUrl"),
-            "subscription": _subscription(raw.get("subscription")),
-        }
+        return answers.provisioned_subscription(raw, payload["customerId"])
 
     async def cancel_subscription(self, payload: dict[str, Any]) -> dict[str, Any]:
         raw = await self._upstream.execute(documents.CANCEL_SUBSCRIPTION, {"input": payload})
-        subscription = _subscription(raw)
-        assert subscription is not None
+        subscription = answers.cancelled_subscription(raw)
         if subscription["customerId"]:
             await self._cache.invalidate(subscription["customerId"])
-        subscription["effectiveEndDate"] = raw.get("effectiveEndDate")
         return subscription

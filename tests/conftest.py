@@ -40,8 +40,16 @@ def free_port() -> int:
 
 
 @pytest.fixture
-async def emulator() -> AsyncIterator[EmulatorServer]:
+def null_for_missing() -> bool:
+    """Whether the emulator answers an unknown customer's lookup with null instead of
+    CustomerNotFound (Stigg may do either); modules and tests parametrize it."""
+    return False
+
+
+@pytest.fixture
+async def emulator(null_for_missing: bool) -> AsyncIterator[EmulatorServer]:
     server = EmulatorServer(load_catalog(CATALOG), API_KEY)
+    server.emulator.null_for_missing = null_for_missing
     await server.start()
     try:
         yield server

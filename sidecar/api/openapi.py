@@ -203,6 +203,11 @@ _SCHEMAS: dict[str, Any] = {
                 "description": "True when no Stigg state (fresh or stale) was available and a"
                 " fallback answered.",
             },
+            "fallbackReason": {
+                "type": "string",
+                "description": "Only when isFallback: why Stigg's state could not be used, e.g."
+                " upstream_timeout, upstream_unavailable, upstream_invalid_answer.",
+            },
             "source": {
                 "type": "string",
                 "enum": ["cache", "upstream", "stale", "request", "config", "default"],
@@ -248,6 +253,7 @@ _SCHEMAS: dict[str, Any] = {
             "resourceId": _nullable({"type": "string"}),
             "accessDeniedReason": _nullable({"type": "string"}),
             "isFallback": {"type": "boolean"},
+            "fallbackReason": {"type": "string"},
             "source": {"type": "string"},
             "entitlements": {"type": "array", "items": _ref("Entitlement")},
         },

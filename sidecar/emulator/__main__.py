@@ -26,6 +26,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--host", default="127.0.0.1", help="a loopback address")
     parser.add_argument("--port", type=int, default=0, help="default: a free port")
+    parser.add_argument(
+        "--null-for-missing",
+        action="store_true",
+        help="answer nullable lookups of unknown entities with null instead of an error",
+    )
     return parser.parse_args(argv)
 
 
@@ -52,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"emulator: cannot read catalog {args.catalog} ({exc.strerror})")
     try:
         server = EmulatorServer(catalog, args.api_key, host=args.host, port=args.port)
+        server.emulator.null_for_missing = args.null_for_missing
     except ValueError as exc:
         sys.exit(f"emulator: {exc}")
     try:

@@ -1,4 +1,5 @@
-"""Injected failures for ``/graphql``: latency, error statuses and hung requests.
+"""Injected failures for ``/graphql``: latency, error statuses, hung requests, and
+``nullForMissing`` (unknown entities answered with null where the schema allows it).
 
 Tests of the sidecar's fallbacks, retries and timeouts set these through ``/admin/faults``.
 """
@@ -7,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-_KEYS = {"latencyMs", "status", "hang", "times", "operations"}
+_KEYS = {"latencyMs", "status", "hang", "times", "operations", "nullForMissing"}
 MAX_LATENCY_MS = 600_000
 
 
@@ -28,6 +30,8 @@ class FaultConfig:
     times: int | None = None
     # Root field names; None: every request.
     operations: frozenset[str] | None = None
+    # Nullable lookups (getCustomerByRefId) answer an unknown entity with null, no error.
+    null_for_missing: bool = False
 
     @classmethod
     def parse(cls, raw: object) -> FaultConfig:
@@ -47,6 +51,9 @@ class FaultConfig:
         hang = raw.get("hang", False)
         if not isinstance(hang, bool):
             raise FaultConfigError("hang must be true or false")
+        null_for_missing = raw.get("nullForMissing", False)
+        if not isinstance(null_for_missing, bool):
+            raise FaultConfigError("nullForMissing must be true or false")
         times = raw.get("times")
         if times is not None and (not _is_int(times) or times < 1):
             raise FaultConfigError("times must be a positive integer")
@@ -63,6 +70,7 @@ class FaultConfig:
             hang=hang,
             times=times,
             operations=frozenset(operations) if operations is not None else None,
+            null_for_missing=null_for_missing,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -72,6 +80,7 @@ class FaultConfig:
             "hang": self.hang,
             "times": self.times,
             "operations": sorted(self.operations) if self.operations is not None else None,
+            "nullForMissing": self.null_for_missing,
         }
 
     def matches(self, root_fields: Collection[str]) -> bool:
@@ -106,17 +115,7 @@ class Faults:
             return None
         if config.times is not None:
             remaining = config.times - 1
-            self._config = (
-                None
-                if remaining == 0
-                else FaultConfig(
-                    latency_ms=config.latency_ms,
-                    status=config.status,
-                    hang=config.hang,
-                    times=remaining,
-                    operations=config.operations,
-                )
-            )
+            self._config = None if remaining == 0 else dataclasses.replace(config, times=remaining)
         return config
 
     def gate(self) -> asyncio.Event:

@@ -8,8 +8,9 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from graphql import GraphQLError, GraphQLResolveInfo
+from graphql import GraphQLResolveInfo
 
+from sidecar.emulator.errors import stigg_error
 from sidecar.emulator.state import EmulatorError, EmulatorState
 
 JsonDict = dict[str, Any]
@@ -34,10 +35,7 @@ def stigg_errors(resolver: Resolver) -> Resolver:
         try:
             return resolver(root, info, **args)
         except EmulatorError as exc:
-            raise GraphQLError(
-                exc.message,
-                extensions={"code": exc.code, "isValidationError": exc.is_validation_error},
-            ) from None
+            raise stigg_error(exc.code, exc.message) from None
 
     return wrapper
 

@@ -62,7 +62,10 @@ def _entitlements_state(_root: object, info: Info, **args: Any) -> Any:
 
 @stigg_errors
 def _get_customer(_root: object, info: Info, **args: Any) -> Any:
-    return state_of(info).get_customer(args["input"]["customerId"])
+    state, customer_id = state_of(info), args["input"]["customerId"]
+    if state.null_for_missing and state.customer(customer_id) is None:
+        return None  # nullable: Stigg may answer an unknown customer with null, not an error
+    return state.get_customer(customer_id)
 
 
 @stigg_errors

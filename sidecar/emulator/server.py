@@ -17,6 +17,7 @@ import orjson
 from aiohttp import web
 from graphql import OperationType
 
+from sidecar.emulator import errors
 from sidecar.emulator.catalog import Catalog
 from sidecar.emulator.faults import FaultConfig, FaultConfigError, Faults
 from sidecar.emulator.periods import Clock, iso
@@ -58,6 +59,9 @@ class Emulator:
         self.max_hang_seconds = max_hang_seconds
         self._api_key = api_key.encode()
         self.websockets: set[web.WebSocketResponse] = set()
+        # Always answer nullable lookups of unknown entities with null (the nullForMissing
+        # fault does it for matching requests only); kept across resets.
+        self.null_for_missing = False
 
     def authorized(self, request: web.Request) -> bool:
         presented = request.headers.get("X-API-KEY", "").encode()
@@ -134,7 +138,7 @@ def _json(body: object, status: int = 200) -> web.Response:
 
 
 def _graphql_error(status: int, message: str, code: str) -> web.Response:
-    return _json({"errors": [{"message": message, "extensions": {"code": code}}]}, status)
+    return errors.error_response(status, message, code)
 
 
 @dataclass(frozen=True)
@@ -184,7 +188,7 @@ async def _graphql(request: web.Request) -> web.StreamResponse:
             return faulted
 
     if not emulator.authorized(request):
-        return _graphql_error(401, "Unauthorized", "Unauthenticated")
+        return errors.unauthenticated()
     if isinstance(decoded, str):
         return _graphql_error(400, decoded, "BAD_REQUEST")
     if prepared is None or prepared.document is None:
@@ -193,6 +197,10 @@ async def _graphql(request: web.Request) -> web.StreamResponse:
         return _graphql_error(400, str(chosen), "OPERATION_RESOLUTION_FAILED")
     if chosen.kind is OperationType.SUBSCRIPTION:
         return _graphql_error(400, "Subscriptions are not served over HTTP POST", "BAD_REQUEST")
+    # Set and used with no await between: requests cannot see each other's setting.
+    emulator.state.null_for_missing = emulator.null_for_missing or (
+        fault is not None and fault.null_for_missing
+    )
     answer = run(emulator.state, prepared, chosen, decoded.variables)
     if answer.executed:
         emulator.counters.calls.update(chosen.root_fields)
@@ -211,12 +219,12 @@ async def _apply_fault(
     if fault.status is None:
         return None
     if fault.status == 401:
-        return _graphql_error(401, "Unauthorized", "Unauthenticated")
+        return errors.unauthenticated()
     if fault.status == 429:
-        # Like Stigg: no Retry-After header.
-        return _graphql_error(429, "Too many requests", "RateLimitExceeded")
-    code = "INTERNAL_SERVER_ERROR" if fault.status >= 500 else "BAD_REQUEST"
-    return _graphql_error(fault.status, f"Emulated fault: HTTP {fault.status}", code)
+        return errors.rate_limited()
+    if fault.status >= 500:
+        return errors.gateway_error(fault.status)
+    return _graphql_error(fault.status, f"Emulated fault: HTTP {fault.status}", "BAD_REQUEST")
 
 
 async def _healthz(_request: web.Request) -> web.Response:

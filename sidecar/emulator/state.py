@@ -49,11 +49,10 @@ UsageKey = tuple[str, str, str | None]
 class EmulatorError(Exception):
     """A business error Stigg would report with ``extensions.code``."""
 
-    def __init__(self, code: str, message: str, *, is_validation_error: bool = True) -> None:
+    def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
-        self.is_validation_error = is_validation_error
 
 
 @dataclass
@@ -148,6 +147,9 @@ class EmulatorState:
         self.clock = clock or Clock()
         self._listeners: list[Listener] = []
         self.shapes = Shapes(catalog, self.clock.now())
+        # Set per request by the nullForMissing fault: nullable lookups answer an unknown
+        # entity with null instead of an error (Stigg may do either).
+        self.null_for_missing = False
         self._seed()
 
     # --- lifecycle and observation ------------------------------------------------------------
@@ -657,9 +659,7 @@ class EmulatorState:
             try:
                 planned.append(self._plan_usage(usage, now, pending, pending_keys))
             except EmulatorError as exc:
-                raise EmulatorError(
-                    exc.code, where + exc.message, is_validation_error=exc.is_validation_error
-                ) from None
+                raise EmulatorError(exc.code, where + exc.message) from None
         return planned
 
     def _plan_usage(

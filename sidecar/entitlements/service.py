@@ -30,9 +30,9 @@ from sidecar.entitlements.model import (
     evaluate,
 )
 from sidecar.updates import UsageChange, UsageFigure, UsageUpdate
-from sidecar.upstream import documents
+from sidecar.upstream import answers, documents
 from sidecar.upstream.client import Upstream
-from sidecar.upstream.errors import UpstreamError
+from sidecar.upstream.errors import StiggError, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class EntitlementService:
         if stale is not None:
             self.stats.stale += 1
             return self._count(evaluate(stale, request, now, "stale"), "stale")
-        return self._count(self._fallback(request, request_fallback), "fallback")
+        return self._count(self._fallback(request, request_fallback, source), "fallback")
 
     async def check_json(self, request: CheckRequest) -> bytes:
         """``check`` as JSON: the hot path of the REST API."""
@@ -173,14 +173,15 @@ class EntitlementService:
         """All of the customer's entitlements (config fallbacks when nothing else can answer)."""
         state, source = await self.snapshot(customer_id, resource_id)
         if state is None:
-            return self._fallback_list(customer_id, resource_id)
+            return self._fallback_list(customer_id, resource_id, source)
         return _listing(state, resource_id, self._clock(), source)
 
     async def snapshot(
         self, customer_id: str, resource_id: str | None
     ) -> tuple[EntitlementsState | None, str]:
         """The customer's state and its source (cache, upstream or stale), through the same
-        cache, single-flight and stale fallback as checks; None when nothing can answer."""
+        cache, single-flight and stale fallback as checks; None when nothing can answer, with
+        why (an ``UpstreamError`` code) as the source."""
         key = (customer_id, resource_id)
         now = self._clock()
         entry = self._l1.get_nowait(key)
@@ -190,7 +191,9 @@ class EntitlementService:
         fetched, source, stale = await self._resolve(key, entry)
         if fetched is not None:
             return fetched, source
-        return stale, "stale"
+        if stale is not None:
+            return stale, "stale"
+        return None, source
 
     async def reload(self, customer_id: str, resource_id: str | None) -> dict[str, Any]:
         """Fetch the customer's state from Stigg now (errors propagate: the caller asked)."""
@@ -214,7 +217,8 @@ class EntitlementService:
     async def _resolve(
         self, key: CacheKey, entry: CacheEntry[EntitlementsState] | None
     ) -> tuple[EntitlementsState | None, str, EntitlementsState | None]:
-        """(fresh state, its source, usable stale state) after L2 and Stigg were asked."""
+        """(fresh state, its source, usable stale state) after L2 and Stigg were asked; without
+        fresh state, the source is why (an ``UpstreamError`` code): a fallback says so."""
         if entry is None:
             entry = await self.store.get_shared(key)
             if entry is not None and entry.is_fresh(self._clock()):
@@ -230,26 +234,29 @@ class EntitlementService:
             state = await _wait(fetch, self._settings.check_deadline_seconds)
         except TimeoutError:
             self._upstream_slow = True
-            return None, "upstream", stale  # the fetch goes on and fills the cache
-        except UpstreamError:
-            return None, "upstream", stale
+            return None, UpstreamTimeout.code, stale  # the fetch goes on and fills the cache
+        except UpstreamError as exc:
+            return None, exc.code, stale
         self.stats.misses += 1
         return state, "upstream", None
 
     def _fallback(
-        self, request: CheckRequest, request_fallback: FeatureFallback | None
+        self, request: CheckRequest, request_fallback: FeatureFallback | None, reason: str
     ) -> dict[str, Any]:
         fallback: FeatureFallback | None = request_fallback
         source = "request"
         if fallback is None:
             fallback, source = self._settings.fallback.get(request.feature_id), "config"
         answer = fallback_answer(request, fallback, self._settings.default_has_access, source)
+        answer["fallbackReason"] = reason
         self.stats.fallbacks[answer["source"]] += 1
         return answer
 
-    def _fallback_list(self, customer_id: str, resource_id: str | None) -> dict[str, Any]:
-        answers = [
-            self._fallback(CheckRequest(customer_id, feature_id, resource_id), None)
+    def _fallback_list(
+        self, customer_id: str, resource_id: str | None, reason: str
+    ) -> dict[str, Any]:
+        fallbacks = [
+            self._fallback(CheckRequest(customer_id, feature_id, resource_id), None, reason)
             for feature_id in self._settings.fallback
         ]
         return {
@@ -257,8 +264,9 @@ class EntitlementService:
             "resourceId": resource_id,
             "accessDeniedReason": None,
             "isFallback": True,
+            "fallbackReason": reason,
             "source": "config",
-            "entitlements": answers,
+            "entitlements": fallbacks,
         }
 
     # --- fetching ------------------------------------------------------------------------
@@ -291,9 +299,16 @@ class EntitlementService:
         if resource_id is not None:
             query["resourceId"] = resource_id
         self.stats.fetches += 1
-        raw = await self._upstream.execute(documents.ENTITLEMENTS_STATE, {"query": query})
+        try:
+            raw = await self._upstream.execute(documents.ENTITLEMENTS_STATE, {"query": query})
+        except StiggError as exc:
+            # Stigg may say "not found" as an error instead of a denial: the same answer.
+            if exc.stigg_code != CUSTOMER_NOT_FOUND:
+                raise
+            raw = {"accessDeniedReason": CUSTOMER_NOT_FOUND, "entitlements": []}
         self._upstream_slow = False
-        state = EntitlementsState.from_stigg(customer_id, resource_id, raw, self._clock())
+        answer = answers.entitlements_state(raw)
+        state = EntitlementsState.from_stigg(customer_id, resource_id, answer, self._clock())
         if self._generation.get(customer_id, 0) == generation:
             await self._store(key, state)
         return state

@@ -14,6 +14,7 @@ import orjson
 
 from sidecar.backoff import full_jitter
 from sidecar.config import Secret, StiggSettings
+from sidecar.upstream import answers
 from sidecar.upstream.breaker import BreakerState, CircuitBreaker
 from sidecar.upstream.documents import Operation
 from sidecar.upstream.errors import (
@@ -292,20 +293,37 @@ def _parse(response: httpx.Response, name: str) -> Any:
         raise UpstreamProtocolError("Stigg answered JSON that is not an object", operation=name)
     errors = payload.get("errors")
     data = payload.get("data")
+    root = data.get(name) if isinstance(data, dict) else None
     if errors:
-        first = errors[0] if isinstance(errors, list) and errors else {}
-        extensions = first.get("extensions") or {} if isinstance(first, dict) else {}
-        message = (
-            str(first.get("message", "Stigg returned an error")) if isinstance(first, dict) else ""
-        )
-        raise StiggError(
-            message,
-            stigg_code=str(extensions.get("code") or "Unknown"),
-            is_validation_error=bool(extensions.get("isValidationError")),
-            operation=name,
-        )
+        if root is not None:
+            # Partial data: the operation ran and a nested field failed (GraphQL nulls only
+            # what failed). Using it beats failing a mutation that has been applied.
+            answers.DRIFT.record(name, "partial_data", _stigg_error(errors, name).code)
+            return root
+        raise _stigg_error(errors, name)
     if status >= 400:
         raise UpstreamProtocolError(f"Stigg answered HTTP {status}", operation=name)
     if not isinstance(data, dict) or name not in data:
         raise UpstreamProtocolError(f"Stigg's answer has no data.{name}", operation=name)
-    return data[name]
+    return root
+
+
+def _extensions(error: dict[str, Any]) -> dict[str, Any]:
+    extensions = error.get("extensions")
+    return extensions if isinstance(extensions, dict) else {}
+
+
+def _stigg_error(errors: Any, name: str) -> StiggError:
+    """The error Stigg reported: the first one with a code (any shape is tolerated)."""
+    found = [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
+    if isinstance(errors, dict):
+        found = [errors]
+    coded = [e for e in found if _extensions(e).get("code")]
+    first = (coded or found or [{}])[0]
+    extensions = _extensions(first)
+    return StiggError(
+        str(first.get("message") or "Stigg returned an error"),
+        stigg_code=str(extensions.get("code") or "Unknown"),
+        is_validation_error=extensions.get("isValidationError") is True,
+        operation=name,
+    )

@@ -45,9 +45,9 @@ class UpstreamAuthError(UpstreamError):
 
 
 class UpstreamProtocolError(UpstreamError):
-    """Stigg answered something that is not a GraphQL response we understand."""
+    """Stigg answered something we cannot use: not GraphQL, or not the shape we asked for."""
 
-    code = "upstream_bad_response"
+    code = "upstream_invalid_answer"
 
 
 class StiggError(UpstreamError):

@@ -22,7 +22,8 @@ from sidecar.backoff import full_jitter
 from sidecar.config import RealtimeSettings, Secret
 from sidecar.timestamps import parse_timestamp
 from sidecar.updates import UsageFigure, UsageUpdate
-from sidecar.upstream import documents
+from sidecar.upstream import answers, documents
+from sidecar.upstream.errors import UpstreamProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,8 @@ class RealtimeListener:
                 )
 
     async def _dispatch(self, payload: Mapping[str, Any]) -> None:
-        if await apply_update(self._sink, payload.get("data") or {}):
+        data = payload.get("data")
+        if await apply_update(self._sink, data if isinstance(data, dict) else {}):
             self.updates += 1
             self.last_update_at = time.time()
 
@@ -162,20 +164,20 @@ class RealtimeListener:
 async def apply_update(sink: RealtimeSink, data: Mapping[str, Any]) -> bool:
     """Apply one subscription payload's ``data`` to ``sink``; False when it carries no update
     (or a malformed one). Reads ``usageUpdatedV2`` too, which apps' own SDKs subscribe to."""
-    figure: UsageFigure | None = None
     try:
         if "entitlementsUpdated" in data:
-            update = data["entitlementsUpdated"]
-            await sink.apply_state(update["customerId"], update.get("resourceId"), update)
-        elif "usageUpdated" in data:
-            usage = data["usageUpdated"]["usage"]
+            update = answers.entitlements_update(data["entitlementsUpdated"])
+            await sink.apply_state(update["customerId"], update["resourceId"], update)
+            return True
+        if "usageUpdated" in data:
+            usage = answers.usage_update(data["usageUpdated"])
             figure = UsageFigure(
                 usage["customerId"],
-                usage.get("resourceId"),
+                usage["resourceId"],
                 usage["featureId"],
-                float(usage["currentUsage"]),
-                parse_timestamp(usage.get("usagePeriodStart")),
-                parse_timestamp(usage.get("usagePeriodEnd")),
+                usage["currentUsage"],
+                parse_timestamp(usage["usagePeriodStart"]),
+                parse_timestamp(usage["usagePeriodEnd"]),
             )
         elif "usageUpdatedV2" in data:
             update = data["usageUpdatedV2"]
@@ -192,10 +194,12 @@ async def apply_update(sink: RealtimeSink, data: Mapping[str, Any]) -> bool:
             )
         else:
             return False
-        if figure is not None:
-            # Every replica has its own link to Stigg: nothing to tell the others.
-            await sink.apply_usage([figure], publish=False)
-    except (KeyError, TypeError, ValueError) as exc:
+        # Every replica has its own link to Stigg: nothing to tell the others.
+        await sink.apply_usage([figure], publish=False)
+    except UpstreamProtocolError as exc:
+        log.warning("ignoring a realtime update: %s", exc.message)
+        return False
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         log.warning("ignoring a malformed realtime update: %r", exc)
         return False
     return True

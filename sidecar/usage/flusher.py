@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from sidecar.backoff import full_jitter
 from sidecar.config import UsageSettings
-from sidecar.upstream import documents
+from sidecar.upstream import answers, documents
 from sidecar.upstream.client import Upstream
 from sidecar.upstream.documents import Operation
 from sidecar.upstream.errors import (
@@ -76,6 +76,9 @@ class KindPolicy:
     variables: Callable[[list[Any]], dict[str, Any]]
     # The next batch out of the pending reports: (batch, reports it used).
     build: Callable[[Sequence[Pending], str], tuple[Batch, int]]
+    # Stigg's answer read into the figures it confirms; raises ``UpstreamProtocolError`` when
+    # it cannot be read (a failed call: the batch stays and is resent with the same keys).
+    read: Callable[[Any], list[dict[str, Any]]]
     # Told what Stigg answered to a delivered batch (its figures reconcile the cache).
     reconcile: ConfirmedListener | None = None
     # Whether this flusher's lease shows in ``UsageStats.leader``.
@@ -102,6 +105,7 @@ def usage_policy(settings: UsageSettings, reconcile: ConfirmedListener | None = 
         settings.max_batch_size,
         lambda items: {"input": {"usages": items}},
         build,
+        answers.measurements,
         reconcile,
         shows_leadership=True,
     )
@@ -120,6 +124,7 @@ def event_policy(settings: UsageSettings) -> KindPolicy:
         settings.max_event_batch_size,
         lambda items: {"input": {"usageEvents": items}},
         build,
+        lambda _answer: [],  # reportEvent confirms no figures
     )
 
 
@@ -348,6 +353,9 @@ class Flusher:
             self._kind_stats.upstream_calls += 1
             try:
                 result = await self._upstream.execute(operation, variables)
+                # An answer we cannot read is a failed call: the batch stays and is resent
+                # with the same keys (Stigg counts a repeated key once).
+                confirmed = self._policy.read(result)
             except UpstreamAuthError:
                 self._fail("auth")
                 if not self._stats.auth_paused:
@@ -387,7 +395,7 @@ class Flusher:
                 if self._stats.auth_paused:
                     self._stats.auth_paused = False
                     log.info("Stigg accepts the API key again: usage flushing resumed")
-                await self._acknowledge(batch, result)
+                await self._acknowledge(batch, confirmed)
                 return None
             attempt += 1
             await asyncio.sleep(self._backoff(attempt))
@@ -405,7 +413,7 @@ class Flusher:
                 count,
             )
 
-    async def _acknowledge(self, batch: Batch, result: Any) -> None:
+    async def _acknowledge(self, batch: Batch, confirmed: list[dict[str, Any]]) -> None:
         attempt = 0
         while True:
             try:
@@ -431,8 +439,8 @@ class Flusher:
                 stats.delivered += 1
                 stats.delivery_seconds.observe(max(0.0, now - accepted_at))
         reconcile = self._policy.reconcile
-        if reconcile is not None and isinstance(result, list):
+        if reconcile is not None and confirmed:
             try:
-                await reconcile(result)
+                await reconcile(confirmed)
             except Exception:
                 log.exception("usage listener failed on confirmed usage")

@@ -17,6 +17,12 @@ from tests.eventually import eventually
 Client = TestClient[web.Request, web.Application]
 
 
+@pytest.fixture(params=[False, True], ids=["missing-is-error", "missing-is-null"])
+def null_for_missing(request: pytest.FixtureRequest) -> bool:
+    """Every scenario here runs against both ways Stigg may answer an unknown customer."""
+    return bool(request.param)
+
+
 async def admin(emulator: EmulatorServer, method: str, path: str, **kwargs: Any) -> Any:
     async with httpx.AsyncClient(base_url=emulator.base_url) as http:
         response = await http.request(method, path, **kwargs)
@@ -498,3 +504,32 @@ async def test_openapi_document_is_valid_openapi_31(sidecar: Client) -> None:
     from openapi_spec_validator import validate
 
     validate(await get_json(sidecar, "/openapi.json"))  # raises on any violation
+
+
+# --- an unknown customer, whichever way Stigg says so ----------------------------------------
+
+
+async def test_unknown_customer_on_every_route_that_takes_one(sidecar: Client) -> None:
+    """404 where the route is about the customer; a CustomerNotFound denial for checks (as
+    Stigg answers them), identical whether Stigg sent null or a CustomerNotFound error."""
+    for error in (
+        error_of(await get_json(sidecar, "/v1/customers/ghost-x", status=404)),
+        error_of(
+            await post_json(
+                sidecar, "/v1/subscriptions", {"customerId": "ghost-x", "planId": "plan-pro"}, 404
+            )
+        ),
+    ):
+        assert (error["code"], error["stiggCode"]) == ("not_found", "CustomerNotFound")
+        assert "ghost-x" in error["message"]
+    check = await get_json(sidecar, "/v1/entitlements?customerId=ghost-x&featureId=feature-sso")
+    assert (check["hasAccess"], check["isFallback"], check["accessDeniedReason"]) == (
+        False,
+        False,
+        "CustomerNotFound",
+    )
+    for listing in (
+        await get_json(sidecar, "/v1/customers/ghost-x/entitlements"),
+        await post_json(sidecar, "/v1/customers/ghost-x/entitlements/reload", None, 200),
+    ):
+        assert (listing["accessDeniedReason"], listing["entitlements"]) == ("CustomerNotFound", [])

@@ -16,7 +16,9 @@ KEY = "process-test-key"
 pytestmark = pytest.mark.integration
 
 
-def test_standalone_emulator_prints_its_url_and_serves() -> None:
+@pytest.mark.parametrize("null_for_missing", [False, True])
+def test_standalone_emulator_prints_its_url_and_serves(null_for_missing: bool) -> None:
+    flags = ["--null-for-missing"] if null_for_missing else []
     process = subprocess.Popen(
         [
             sys.executable,
@@ -26,6 +28,7 @@ def test_standalone_emulator_prints_its_url_and_serves() -> None:
             "config/catalog.yaml",
             "--api-key",
             KEY,
+            *flags,
         ],
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -48,6 +51,13 @@ def test_standalone_emulator_prints_its_url_and_serves() -> None:
         entitlements = response.json()["data"]["entitlementsState"]["entitlements"]
         usage = {e["feature"]["refId"]: e["currentUsage"] for e in entitlements}
         assert usage["feature-api-calls"] == 999
+        lookup = httpx.post(
+            url,
+            json={"query": 'query { getCustomerByRefId(input: {customerId: "nobody"}) { name } }'},
+            headers={"X-API-KEY": KEY},
+        ).json()
+        assert lookup["data"] == {"getCustomerByRefId": None}
+        assert ("errors" in lookup) is not null_for_missing
         assert httpx.post(url, json={"query": "{ x }"}).status_code == 401
     finally:
         process.send_signal(signal.SIGTERM)

@@ -371,6 +371,24 @@ async def test_report_usage_is_counted_once_per_idempotency_key(
 # --- errors: tool errors with the REST API's messages, never protocol failures -----------
 
 
+@pytest.mark.parametrize("null_for_missing", [False, True], ids=["error", "null"])
+async def test_unknown_customer_on_every_tool_that_takes_one(mcp_sidecar: Client) -> None:
+    """Whether Stigg answers null or CustomerNotFound: not_found for the customer's tools,
+    a CustomerNotFound denial for checks."""
+    ghost = {"customerId": "ghost-y"}
+    async with session_for(url_of(mcp_sidecar)) as session:
+        for name, arguments in (
+            ("get-customer", ghost),
+            ("create-subscription", {**ghost, "planId": "plan-pro"}),
+        ):
+            error = await call_error(session, name, arguments)
+            assert (error["code"], error["stiggCode"]) == ("not_found", "CustomerNotFound")
+        check = await call(session, "check-entitlement", {**ghost, "featureId": "feature-sso"})
+        assert (check["hasAccess"], check["accessDeniedReason"]) == (False, "CustomerNotFound")
+        listing = await call(session, "get-entitlements", ghost)
+        assert (listing["accessDeniedReason"], listing["entitlements"]) == ("CustomerNotFound", [])
+
+
 async def test_unknown_customer_is_a_tool_error(mcp_sidecar: Client) -> None:
     async with session_for(url_of(mcp_sidecar)) as session:
         error = await call_error(session, "get-customer", {"customerId": "nobody-here"})

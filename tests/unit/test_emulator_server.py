@@ -437,7 +437,11 @@ async def test_status_fault(http: httpx.AsyncClient, status: int) -> None:
     response = await check(http)
     assert response.status_code == status
     assert "Retry-After" not in response.headers
-    assert response.json()["errors"][0]["extensions"]["code"]
+    if status >= 500:  # from the load balancer in front of Stigg: a page, not GraphQL
+        assert response.headers["content-type"].startswith("text/html")
+    else:
+        expected = {429: "RateLimitExceeded", 401: "Unauthenticated"}[status]
+        assert response.json()["errors"][0]["extensions"]["code"] == expected
     seen = await counters(http)
     assert seen["faultedRequests"] == 1
     # A faulted request never reaches execution.
@@ -654,3 +658,79 @@ async def test_document_cache_parses_each_query_once(http: httpx.AsyncClient) ->
         await check(http)
     info = resolvers.prepare.cache_info()
     assert (info.misses, info.hits) == (1, 2)
+
+
+# --- Stigg's error shapes and nullForMissing ---------------------------------------------------
+
+GET_CUSTOMER = documents.GET_CUSTOMER.document
+
+
+async def test_unknown_customer_is_an_error_or_null_with_null_for_missing(
+    http: httpx.AsyncClient,
+) -> None:
+    variables = {"input": {"customerId": "customer-nope"}}
+    body = (await gql(http, GET_CUSTOMER, variables)).json()
+    assert body["data"] == {"getCustomerByRefId": None}  # nullable root: data beside the error
+    assert one_error_of(body)["extensions"] == {
+        "code": "CustomerNotFound",
+        "isValidationError": True,
+    }
+    assert (await set_fault(http, nullForMissing=True))["nullForMissing"] is True
+    body = (await gql(http, GET_CUSTOMER, variables)).json()
+    assert body == {"data": {"getCustomerByRefId": None}}
+    # Known customers and non-nullable roots are unchanged.
+    known = (await gql(http, GET_CUSTOMER, {"input": {"customerId": "customer-demo"}})).json()
+    assert known["data"]["getCustomerByRefId"]["customerId"] == "customer-demo"
+    cancel = {"input": {"subscriptionRefId": "nope"}}
+    body = (await gql(http, documents.CANCEL_SUBSCRIPTION.document, cancel)).json()
+    assert body["data"] is None
+    assert one_error_of(body)["extensions"]["code"] == "SubscriptionNotFound"
+
+
+def one_error_of(body: dict[str, Any]) -> dict[str, Any]:
+    [error] = body["errors"]
+    assert isinstance(error, dict)
+    return error
+
+
+@pytest.mark.parametrize(
+    ("document", "variables", "code"),
+    [
+        (
+            documents.PROVISION_SUBSCRIPTION.document,
+            {"input": {"customerId": "customer-demo", "planId": "plan-nope"}},
+            "PlanNotFound",
+        ),
+        (
+            documents.PROVISION_CUSTOMER.document,
+            {"input": {"customerId": "customer-demo"}},
+            "DuplicatedEntityNotAllowed",
+        ),
+        (
+            documents.PROVISION_SUBSCRIPTION.document,
+            {"input": {"customerId": "ghost", "planId": "plan-pro"}},
+            "CustomerNotFound",
+        ),
+        (
+            documents.PROVISION_SUBSCRIPTION.document,
+            {"input": {"customerId": "customer-demo", "planId": "plan-pro", "startDate": "x"}},
+            "BadUserInput",
+        ),
+    ],
+)
+async def test_business_errors_carry_code_and_validation_flag(
+    http: httpx.AsyncClient, document: str, variables: dict[str, Any], code: str
+) -> None:
+    response = await gql(http, document, variables)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["data"] is None  # a non-null root failed
+    error = one_error_of(body)
+    assert error["extensions"] == {"code": code, "isValidationError": True}
+    assert error["path"]
+
+
+async def test_null_for_missing_must_be_a_boolean(http: httpx.AsyncClient) -> None:
+    response = await http.post("/admin/faults", json={"nullForMissing": "yes"})
+    assert response.status_code == 400
+    assert "nullForMissing" in response.json()["error"]["message"]

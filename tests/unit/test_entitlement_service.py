@@ -19,7 +19,12 @@ from sidecar.entitlements.model import CheckRequest, EntitlementsState
 from sidecar.entitlements.service import EntitlementService
 from sidecar.updates import UsageChange, UsageFigure
 from sidecar.upstream.documents import Operation
-from sidecar.upstream.errors import UpstreamRateLimited, UpstreamUnavailable
+from sidecar.upstream.errors import (
+    StiggError,
+    UpstreamProtocolError,
+    UpstreamRateLimited,
+    UpstreamUnavailable,
+)
 from tests.cache_suite import FakeClock
 from tests.eventually import eventually
 
@@ -395,3 +400,52 @@ async def test_rendered_answers_follow_every_change(
     granted, denied = svc.stats.granted, svc.stats.denied
     await svc.check_json(CALLS)
     assert (svc.stats.granted, svc.stats.denied) == (granted + 1, denied)
+
+
+async def test_customer_not_found_error_is_the_same_denial_as_the_data(
+    upstream: FakeUpstream, clock: FakeClock
+) -> None:
+    """Stigg may answer an unknown customer with a CustomerNotFound error instead of data."""
+    upstream.failure = StiggError("no such customer", stigg_code="CustomerNotFound")
+    svc = service(upstream, clock)
+    answer = await svc.check(CheckRequest("ghost", "calls"))
+    assert (answer["hasAccess"], answer["isFallback"], answer["accessDeniedReason"]) == (
+        False,
+        False,
+        "CustomerNotFound",
+    )
+    listing = await svc.list("ghost", None)
+    assert (listing["accessDeniedReason"], listing["entitlements"]) == ("CustomerNotFound", [])
+    assert upstream.calls == 1  # remembered like the data answer
+
+
+@pytest.mark.parametrize(
+    ("failure", "reason"),
+    [
+        (
+            UpstreamProtocolError("Stigg's answer could not be understood"),
+            "upstream_invalid_answer",
+        ),
+        (UpstreamUnavailable("down"), "upstream_unavailable"),
+        (StiggError("odd", stigg_code="SomethingNew"), "SomethingNew"),
+    ],
+)
+async def test_a_fallback_says_why(
+    upstream: FakeUpstream, clock: FakeClock, failure: Exception, reason: str
+) -> None:
+    upstream.failure = failure
+    svc = service(upstream, clock)
+    answer = await svc.check(CALLS)
+    assert (answer["isFallback"], answer["fallbackReason"]) == (True, reason)
+    listing = await svc.list("c1", None)
+    assert (listing["isFallback"], listing["fallbackReason"]) == (True, reason)
+
+
+async def test_a_fallback_after_the_deadline_says_timeout(
+    upstream: FakeUpstream, clock: FakeClock
+) -> None:
+    upstream.gate = asyncio.Event()
+    svc = service(upstream, clock)
+    answer = await svc.check(CALLS)
+    assert (answer["isFallback"], answer["fallbackReason"]) == (True, "upstream_timeout")
+    await svc.aclose()

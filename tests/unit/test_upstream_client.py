@@ -94,6 +94,68 @@ async def test_graphql_error_becomes_typed_stigg_error() -> None:
     assert len(recorder.requests) == 1  # a definite answer is never retried
 
 
+def body(status_code: int, payload: Any) -> Callable[[httpx.Request], httpx.Response]:
+    content = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return lambda request: httpx.Response(status_code, content=content)
+
+
+def coded(code: str, **extensions: Any) -> dict[str, Any]:
+    return {"message": "m", "extensions": {"code": code, **extensions}}
+
+
+@pytest.mark.parametrize(
+    ("answer", "stigg_code", "validation"),
+    [
+        # No extensions at all, a non-object extensions, errors as one object (not a list).
+        (body(200, {"errors": [{"message": "boom"}]}), "Unknown", False),
+        (
+            body(200, {"errors": [{"message": "x", "extensions": "x"}], "data": None}),
+            "Unknown",
+            False,
+        ),
+        (body(200, {"errors": coded("PlanNotFound")}), "PlanNotFound", False),
+        (body(200, {"errors": ["odd", 3]}), "Unknown", False),
+        # The first error with a code names the failure; the validation flag is read as given.
+        (
+            body(
+                400, {"errors": [{"message": "a"}, coded("BadUserInput", isValidationError=True)]}
+            ),
+            "BadUserInput",
+            True,
+        ),
+        (body(200, {"errors": [coded("X", isValidationError="yes")]}), "X", False),
+    ],
+)
+async def test_any_error_envelope_becomes_a_stigg_error(
+    answer: Callable[[httpx.Request], httpx.Response], stigg_code: str, validation: bool
+) -> None:
+    with pytest.raises(StiggError) as error:
+        await client(Recorder(answer)).execute(
+            documents.GET_CUSTOMER, {"input": {"customerId": "x"}}
+        )
+    assert (error.value.stigg_code, error.value.is_validation_error) == (stigg_code, validation)
+    assert error.value.message
+
+
+async def test_partial_data_is_used() -> None:
+    """A nested field failed but the root answered (e.g. a mutation that was applied)."""
+    root = {"customer": {"customerId": "c1"}, "subscription": None}
+    error = {"message": "x", "path": ["provisionCustomer", "subscription"]}
+    answer = body(200, {"errors": [error], "data": {"provisionCustomer": root}})
+    result = await client(Recorder(answer)).execute(documents.PROVISION_CUSTOMER, {"input": {}})
+    assert result == root
+
+
+@pytest.mark.parametrize("code", [400, 404, 405, 413])
+async def test_client_error_status_without_graphql_errors_is_an_invalid_answer(code: int) -> None:
+    for payload in (b"<html>Not Found</html>", b"", b"{}"):
+        with pytest.raises(UpstreamProtocolError) as error:
+            await client(Recorder(body(code, payload))).execute(
+                documents.ENTITLEMENTS_STATE, STATE_VARS
+            )
+        assert error.value.code == "upstream_invalid_answer"
+
+
 @pytest.mark.parametrize(
     ("answer", "expected"),
     [
