@@ -9,6 +9,7 @@ import orjson
 from aiohttp import web
 
 from sidecar.api.errors import ApiError
+from sidecar.api.json_limits import json_depth_exceeds, too_deep_message
 from sidecar.config import Settings
 from sidecar.entitlements.service import EntitlementService
 from sidecar.provisioning import ProvisioningService
@@ -42,6 +43,9 @@ async def read_json(request: web.Request, *, optional: bool = False) -> Any:
             return None
         raise ApiError(400, "invalid_json", "request body must be a JSON object")
     try:
-        return orjson.loads(body)
+        value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
+    if json_depth_exceeds(value, body):
+        raise ApiError(400, "json_too_deep", "request body: " + too_deep_message())
+    return value

@@ -1,0 +1,79 @@
+"""Hardening found by an adversarial run (issue 15): hostile bodies, queries and tool calls get
+a 4xx naming what is wrong, never a 500."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from sidecar.api.json_limits import MAX_JSON_DEPTH
+from sidecar.config import Secret
+from sidecar.emulator import EmulatorServer
+from tests.conftest import sidecar_settings, start_sidecar
+
+Client = TestClient[web.Request, web.Application]
+WEBHOOK_SECRET = "hardening-webhook-secret"
+
+
+def nested(depth: int) -> bytes:
+    return b'{"a":' * depth + b"1" + b"}" * depth
+
+
+@pytest.fixture
+async def hardened(emulator: EmulatorServer) -> AsyncIterator[Client]:
+    settings = replace(sidecar_settings(emulator.url), webhook_secret=Secret(WEBHOOK_SECRET))
+    client = await start_sidecar(settings)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def _post(client: Client, path: str, body: bytes, **headers: str) -> tuple[int, Any]:
+    response = await client.post(
+        path, data=body, headers={"Content-Type": "application/json", **headers}
+    )
+    return response.status, await response.json()
+
+
+@pytest.mark.parametrize(
+    ("path", "body_for"),
+    [
+        ("/webhooks/stigg", lambda inner: b'{"messageId":"m1","data":' + inner + b"}"),
+        (
+            "/graphql",
+            lambda inner: (
+                b'{"query":"query Q($v: JSON){ __typename }","variables":{"v":' + inner + b"}}"
+            ),
+        ),
+        (
+            "/v1/usage",
+            lambda inner: b'{"customerId":"c","featureId":"f","value":1,"x":' + inner + b"}",
+        ),
+        ("/v1/customers", lambda inner: b'{"customerId":"c","metadata":' + inner + b"}"),
+    ],
+)
+async def test_deeply_nested_json_is_400_naming_the_limit(
+    hardened: Client, path: str, body_for: Any
+) -> None:
+    # 1,000 levels: under orjson's own limit, so it parses; it must not reach a recursive walk.
+    status, body = await _post(
+        hardened, path, body_for(nested(1000)), **{"Stigg-Webhooks-Secret": WEBHOOK_SECRET}
+    )
+    assert status == 400, body
+    assert body["error"]["code"] == "json_too_deep"
+    assert str(MAX_JSON_DEPTH) in body["error"]["message"]
+
+
+async def test_json_at_the_depth_limit_is_still_accepted(hardened: Client) -> None:
+    # Exactly the limit: the webhook body itself is one level, 63 more inside it.
+    body = b'{"messageId":"m2","data":' + nested(MAX_JSON_DEPTH - 1) + b"}"
+    status, answer = await _post(
+        hardened, "/webhooks/stigg", body, **{"Stigg-Webhooks-Secret": WEBHOOK_SECRET}
+    )
+    assert status == 200, answer
