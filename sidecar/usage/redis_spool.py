@@ -528,7 +528,7 @@ def _json(raw: Any) -> dict[str, Any]:
 
 def _valid_stream_id(text: str) -> bool:
     ms, _, seq = text.partition("-")
-    return ms.isdigit() and seq.isdigit()
+    return text.isascii() and ms.isdigit() and seq.isdigit()
 
 
 def _entry(entry_id: str, fields: dict[Any, Any]) -> Entry:

@@ -348,7 +348,7 @@ class SqliteSpool:
     async def dead_letters(
         self, kind: Kind | None, limit: int, after: str | None
     ) -> list[DeadLetter]:
-        start = int(after) if after and after.isdigit() else 0
+        start = int(after) if after and after.isascii() and after.isdigit() else 0
         rows = await self._run(
             lambda: (
                 self._conn()
@@ -372,7 +372,9 @@ class SqliteSpool:
         db = self._conn()
         selector = "1" if ids is None else "id IN (SELECT value FROM json_each(?))"
         params: tuple[Any, ...] = (
-            () if ids is None else (orjson.dumps([int(i) for i in ids if i.isdigit()]),)
+            ()
+            if ids is None
+            else (orjson.dumps([int(i) for i in ids if i.isascii() and i.isdigit()]),)
         )
         with _transaction(db):
             rows = db.execute(

@@ -77,3 +77,24 @@ async def test_json_at_the_depth_limit_is_still_accepted(hardened: Client) -> No
         hardened, "/webhooks/stigg", body, **{"Stigg-Webhooks-Secret": WEBHOOK_SECRET}
     )
     assert status == 200, answer
+
+
+@pytest.mark.parametrize("after", ["\u00b9", "\u0663", "1-\u00b2", "12abc", "-1"])
+async def test_dead_letter_cursor_that_is_not_an_ascii_id_is_400(
+    hardened: Client, after: str
+) -> None:
+    response = await hardened.get("/v1/usage/dead-letters", params={"after": after})
+    body = await response.json()
+    assert response.status == 400, body
+    assert body["error"]["field"] == "after"
+
+
+@pytest.mark.parametrize("bad_id", ["\u00b9", "\u0663\u0663", "7-\u00b2"])
+async def test_replaying_a_dead_letter_id_with_unicode_digits_is_400(
+    hardened: Client, bad_id: str
+) -> None:
+    status, body = await _post(
+        hardened, "/v1/usage/dead-letters", b'{"ids":["1","' + bad_id.encode() + b'"]}'
+    )
+    assert status == 400, body
+    assert body["error"]["field"] == "ids[1]"
