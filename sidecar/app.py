@@ -20,6 +20,7 @@ from aiohttp import web
 from sidecar.api.errors import error_middleware
 from sidecar.api.graphql import graphql_passthrough
 from sidecar.api.http import SERVICES, SETTINGS, Services
+from sidecar.api.http_errors import answer_parse_errors_as_json, rate_limit_parse_error_logs
 from sidecar.api.management import (
     MANAGEMENT,
     METRICS,
@@ -225,6 +226,8 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> web.A
         middlewares.append(bearer_middleware(settings.auth_token))
     middlewares.append(error_middleware(settings.server.max_body_bytes))
     app = web.Application(client_max_size=settings.server.max_body_bytes, middlewares=middlewares)
+    answer_parse_errors_as_json(app)
+    rate_limit_parse_error_logs()
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[MANAGEMENT] = Management()

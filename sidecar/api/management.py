@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from sidecar.api.errors import error_middleware
 from sidecar.api.http import SERVICES, SETTINGS, json_response
+from sidecar.api.http_errors import answer_parse_errors_as_json
 from sidecar.config import StartupError
 from sidecar.metrics import CONTENT_TYPE, Metrics
 from sidecar.upstream.client import Upstream
@@ -145,6 +146,7 @@ def use_redis_for_readiness(app: web.Application, client: redis.Redis, prefix: s
 
 def management_app(main: web.Application) -> web.Application:
     app = web.Application(middlewares=[error_middleware(1024)])
+    answer_parse_errors_as_json(app)
     app[_MAIN] = main
     app.router.add_get("/livez", _livez, allow_head=True)
     app.router.add_get("/readyz", _readyz, allow_head=True)

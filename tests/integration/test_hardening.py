@@ -3,10 +3,13 @@ a 4xx naming what is wrong, never a 500."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -98,3 +101,64 @@ async def test_replaying_a_dead_letter_id_with_unicode_digits_is_400(
     )
     assert status == 400, body
     assert body["error"]["field"] == "ids[1]"
+
+
+# --- low-level HTTP parse errors (items 6 and 9) -----------------------------------------------
+
+HOSTILE_REQUESTS = {
+    "bad request line": b"GET /v1/usage/stats HTTP/1.1 extra\r\nHost: x\r\n\r\n",
+    "request line too long": b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    "header too long": b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n",
+    "invalid header character": b"GET / HTTP/1.1\r\nHost: x\r\nX-Bad\x01: 1\r\n\r\n",
+    "smuggling: content-length and chunked": (
+        b"POST /v1/usage HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    ),
+    "smuggling: two content-lengths": (
+        b"POST /v1/usage HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}"
+    ),
+}
+
+
+async def _raw(port: int, request: bytes) -> tuple[int, dict[str, str], bytes, bool]:
+    """Send raw bytes; the status, headers, body, and whether the server closed the socket."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines:
+            if ":" in line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), 5)
+        closed = await asyncio.wait_for(reader.read(1), 5) == b""
+        return int(status_line.split()[1]), headers, body, closed
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_REQUESTS))
+async def test_http_parse_errors_answer_json_and_close(hardened: Client, case: str) -> None:
+    assert hardened.server.port is not None
+    status, headers, body, closed = await _raw(hardened.server.port, HOSTILE_REQUESTS[case])
+    assert status == 400
+    assert headers["content-type"].startswith("application/json"), body
+    assert orjson.loads(body)["error"]["code"] == "bad_http_request"
+    assert closed  # a request the server could not parse never shares a connection
+
+
+async def test_http_parse_errors_are_logged_once_per_interval_without_traceback(
+    hardened: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert hardened.server.port is not None
+    caplog.set_level(logging.DEBUG)
+    for _ in range(20):
+        await _raw(hardened.server.port, HOSTILE_REQUESTS["invalid header character"])
+    assert not [r for r in caplog.records if r.name == "aiohttp.server"]
+    # At most one line (none if another test logged this fault within the interval).
+    ours = [r for r in caplog.records if r.name == "sidecar.http"]
+    assert len(ours) <= 1, [r.getMessage() for r in ours]
+    assert all(r.exc_info is None and "BadHttpMessage" in r.getMessage() for r in ours)
