@@ -162,3 +162,26 @@ async def test_http_parse_errors_are_logged_once_per_interval_without_traceback(
     ours = [r for r in caplog.records if r.name == "sidecar.http"]
     assert len(ours) <= 1, [r.getMessage() for r in ours]
     assert all(r.exc_info is None and "BadHttpMessage" in r.getMessage() for r in ours)
+
+
+# --- passthrough failures and the checks' circuit breaker (item 3) ------------------------------
+
+
+async def test_passthrough_5xx_does_not_deny_checks(
+    hardened: Client, emulator: EmulatorServer
+) -> None:
+    # Stigg fails every passed-through `plans` query, and answers entitlement reads fine.
+    fault = {"status": 500, "operations": ["plans"]}
+    async with hardened.session.post(emulator.base_url + "/admin/faults", json=fault) as response:
+        assert response.status == 200
+    query = b'{"query":"query { plans { totalCount } }"}'
+    answers = await asyncio.gather(
+        *(_post(hardened, "/graphql", query) for _ in range(8)), return_exceptions=True
+    )
+    assert all(not isinstance(a, BaseException) and a[0] >= 500 for a in answers), answers
+    # A customer nobody checked yet: the answer must come from Stigg, not the fallback.
+    response = await hardened.get(
+        "/v1/entitlements", params={"customerId": "customer-demo", "featureId": "feature-sso"}
+    )
+    check = await response.json()
+    assert (check["hasAccess"], check["isFallback"]) == (True, False), check
