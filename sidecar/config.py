@@ -280,6 +280,14 @@ class McpSettings:
     enabled: bool = field(default=True, metadata=_meta("Serve the MCP tools; false: no listener."))
     host: str = field(default="127.0.0.1", metadata=_meta("Address the MCP server binds to."))
     port: int = field(default=9090, metadata=_meta("MCP port.", minimum=0, maximum=65535))
+    max_connections: int = field(
+        default=64,
+        metadata=_meta("Connections the MCP port holds at once; more are refused.", minimum=1),
+    )
+    idle_timeout_seconds: float = field(
+        default=5.0,
+        metadata=_meta("Close an MCP connection idle this long.", minimum=0.1),
+    )
 
 
 @dataclass(frozen=True)
@@ -292,6 +300,16 @@ class ManagementSettings:
         metadata=_meta("Address the management port binds to."),
     )
     port: int = field(default=8081, metadata=_meta("Management port.", minimum=0, maximum=65535))
+    max_connections: int = field(
+        default=32,
+        metadata=_meta(
+            "Connections the management port holds at once; more are refused.", minimum=1
+        ),
+    )
+    idle_timeout_seconds: float = field(
+        default=5.0,
+        metadata=_meta("Close a management connection idle this long.", minimum=0.1),
+    )
 
 
 @dataclass(frozen=True)

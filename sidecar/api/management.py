@@ -24,6 +24,7 @@ from sidecar.api.errors import error_middleware
 from sidecar.api.http import SERVICES, SETTINGS, json_response
 from sidecar.api.http_errors import answer_parse_errors_as_json
 from sidecar.config import StartupError
+from sidecar.listeners import CappedTCPSite
 from sidecar.metrics import CONTENT_TYPE, Metrics
 from sidecar.upstream.client import Upstream
 from sidecar.upstream.documents import ENTITLEMENTS_STATE
@@ -161,9 +162,20 @@ def management_ctx() -> Callable[[web.Application], contextlib.AbstractAsyncCont
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS].management
         state = app[MANAGEMENT]
-        runner = web.AppRunner(management_app(app), access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            management_app(app),
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=settings.idle_timeout_seconds,
+        )
         await runner.setup()
-        site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+        site = CappedTCPSite(
+            runner,
+            settings.host,
+            settings.port,
+            max_connections=settings.max_connections,
+            name="management",
+        )
         try:
             await site.start()
         except OSError as exc:

@@ -33,6 +33,7 @@ from starlette.types import Receive, Scope, Send
 
 from sidecar import __version__
 from sidecar.api.http import Services
+from sidecar.api.mcp_limits import CappedH11Protocol
 from sidecar.api.mcp_tools import TOOLS, call_tool
 from sidecar.config import McpSettings, Secret, Settings, StartupError
 
@@ -239,7 +240,9 @@ class McpListener:
         )
         config = uvicorn.Config(
             _McpHttpApp(manager, self._token),
-            http="h11",
+            http=CappedH11Protocol,
+            limit_concurrency=self._settings.max_connections,
+            timeout_keep_alive=math.ceil(self._settings.idle_timeout_seconds),
             ws="none",
             lifespan="off",
             log_config=None,
