@@ -353,6 +353,9 @@ class _StateCollector(Collector):
         up = _gauge("usage_spool_up", "1 when the spool answered this scrape (Redis reachable).")
         up.add_metric([], int(depth is not None))
         yield up
+        full = _gauge("usage_spool_full", "1 while the spool's disk is full (new reports get 503).")
+        full.add_metric([], int(getattr(services.usage.spool, "disk_full", False)))
+        yield full
         reports = _gauge("usage_spool_depth", "Reports waiting in the spool, by kind.", ["kind"])
         oldest = _gauge(
             "usage_spool_oldest_age_seconds",

@@ -60,7 +60,11 @@ async def _livez(request: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
-    ready, details = await readiness(request.app[_MAIN])
+    main = request.app[_MAIN]
+    ready, details = await readiness(main)
+    # Said, not failed on: an unready sidecar would take the app's whole pod out of service.
+    if SERVICES in main and getattr(main[SERVICES].usage.spool, "disk_full", False):
+        details["usageSpool"] = "diskFull"
     return json_response(
         {"status": "ready" if ready else "unready", **details}, status=200 if ready else 503
     )

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from sidecar.config import Settings, UsageSettings
+from sidecar.fault_log import FaultLog
 from sidecar.upstream.client import Upstream
 from sidecar.usage.flusher import Flusher
 from sidecar.usage.listener import UsageListener
@@ -30,6 +31,7 @@ from sidecar.usage.sqlite_spool import SqliteSpool
 from sidecar.usage.stats import UsageStats
 
 log = logging.getLogger(__name__)
+_faults = FaultLog(log)
 
 MAINTENANCE_INTERVAL_SECONDS = 600.0
 
@@ -220,7 +222,13 @@ class UsageService:
                 self.settings.full_retry_after_seconds,
             ) from None
         except Exception as exc:  # noqa: BLE001 - a store failure is a 503, never a lost 202
-            log.warning("usage spool (%s) cannot store reports: %s", self.spool.name, exc)
+            _faults.log(
+                "store",
+                logging.WARNING,
+                "usage spool (%s) cannot store reports: %s",
+                self.spool.name,
+                exc,
+            )
             raise UsageUnavailable(
                 "spool_unavailable", "the usage spool cannot store reports right now", 1
             ) from None
