@@ -393,6 +393,10 @@ class UsageSettings:
     redis_key_prefix: str = field(
         default="stigg-sidecar", metadata=_meta("Prefix of the Redis spool's keys.")
     )
+    allow_volatile_redis: bool = field(
+        default=False,
+        metadata=_meta("Run the Redis spool on a Redis without AOF (a restart loses reports)."),
+    )
     claim_idle_seconds: float = field(
         default=15.0,
         metadata=_meta(

@@ -34,6 +34,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError, ResponseError
 
 from sidecar.usage.model import KINDS, Kind
+from sidecar.usage.redis_durability import PersistenceGuard
 from sidecar.usage.spool import (
     Batch,
     DeadLetter,
@@ -203,6 +204,7 @@ class RedisSpool:
         client: redis.Redis | None = None,
         consumer: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        allow_volatile: bool = False,
     ) -> None:
         self._url = url
         self._client = client
@@ -227,6 +229,17 @@ class RedisSpool:
         self._next_sweep = 0.0
         self.on_claimed: Callable[[Kind, int], None] | None = None
         self._scripts: dict[str, Any] = {}
+        self.persistence = PersistenceGuard(
+            list(self._stream.values()),
+            f"{tag}:spool-alive",
+            allow_volatile=allow_volatile,
+            clock=clock,
+        )
+
+    @property
+    def durable(self) -> bool:
+        """Whether Redis was seen persisting with AOF (the durable-spool metric)."""
+        return bool(self.persistence.durable)
 
     @property
     def redis(self) -> Any:  # redis-py's reply types are too loose to be useful here
@@ -259,6 +272,7 @@ class RedisSpool:
         except RedisError as exc:
             # Not fatal: reports get 503 and the flusher retries until Redis is back.
             log.warning("usage spool: Redis is not reachable yet (%s)", type(exc).__name__)
+        await self.persistence.verify_at_start(self.redis)
 
     async def _ensure_groups(self) -> None:
         for stream in self._stream.values():
@@ -286,6 +300,8 @@ class RedisSpool:
                 keys.append(f"{self._key_prefix}{kind}:{report.dedupe_key}")
                 index = len(keys)
             args.extend((report.body, index))
+        if self.persistence.refusing:
+            raise SpoolUnavailable("Redis keeps no append-only file (see usage.allowVolatileRedis)")
         try:
             result = await self._scripts["append"](keys=keys, args=args)
         except RedisError as exc:
@@ -297,6 +313,7 @@ class RedisSpool:
     # --- the flush lease ----------------------------------------------------------------------
 
     async def acquire(self) -> bool:
+        await self.persistence.watch(self.redis)
         now = self._clock()
         if self._leader:
             if now < self._renew_at:

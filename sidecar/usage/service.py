@@ -99,6 +99,7 @@ class UsageService:
                 max_bytes=usage.spool_max_bytes,
                 dedupe_window_seconds=usage.dedupe_window_seconds,
                 lease_seconds=usage.claim_idle_seconds,
+                allow_volatile=usage.allow_volatile_redis,
             )
         else:
             data_dir = settings.data_dir
