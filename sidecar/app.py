@@ -37,6 +37,7 @@ from sidecar.api.webhooks import webhook_routes
 from sidecar.cache.broadcast import RedisBroadcast
 from sidecar.cache.memory import MemoryStore
 from sidecar.cache.redis_store import RedisStore
+from sidecar.cache.snapshot import L1Snapshot, snapshot_kept
 from sidecar.config import Secret, Settings
 from sidecar.entitlements.model import EntitlementsState
 from sidecar.entitlements.service import EntitlementService
@@ -152,6 +153,14 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     await entitlements.aclose()
 
 
+async def _snapshot_ctx(app: web.Application) -> AsyncIterator[None]:
+    """L1 restored from, and kept in, a local snapshot (a restart answers from recent state)."""
+    settings = app[SETTINGS]
+    snapshot = L1Snapshot(settings.data_dir, app[SERVICES].entitlements.l1)
+    async with snapshot_kept(snapshot, settings.cache.snapshot_interval_seconds):
+        yield
+
+
 async def _usage_ctx(app: web.Application) -> AsyncIterator[None]:
     """The usage pipeline: spool opened and flushers started after the services, drained and
     closed before them (cleanup runs in reverse)."""
@@ -239,6 +248,8 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> web.A
     if settings.redis_url is not None:
         app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(_services_ctx)
+    if settings.cache.snapshot_interval_seconds > 0:
+        app.cleanup_ctx.append(_snapshot_ctx)
     app.cleanup_ctx.append(_usage_ctx)
     app.on_shutdown.append(_stop_accepting_usage)
     if settings.redis_url is not None:

@@ -210,6 +210,13 @@ class CacheSettings:
     negative_ttl_seconds: float = field(
         default=5.0, metadata=_meta("How long 'customer not found' is remembered.", minimum=0)
     )
+    snapshot_interval_seconds: float = field(
+        default=30.0,
+        metadata=_meta(
+            "Write L1 to SIDECAR_DATA_DIR this often (and on stop) to warm a restart; 0: never.",
+            minimum=0,
+        ),
+    )
     refresh_ahead_seconds: float = field(
         default=5.0,
         metadata=_meta(

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Generic
 
 from cachetools import LRUCache
@@ -52,6 +53,16 @@ class MemoryStore(Generic[V]):
     def clear(self) -> None:
         self._lru.clear()
         self._resources.clear()
+
+    def expire_all(self, now: float) -> None:
+        """Make every entry due for a refresh, keeping it servable as stale until then."""
+        for key, entry in list(self._lru.items()):
+            if entry.fresh_until > now:
+                self._lru[key] = replace(entry, fresh_until=now)
+
+    def items(self) -> Iterator[tuple[CacheKey, CacheEntry[V]]]:
+        """Every entry (a copy of the list: safe while the cache changes)."""
+        return iter(list(self._lru.items()))
 
     def resources_of(self, customer_id: str) -> frozenset[str | None]:
         """The resource ids (None: no resource) cached for ``customer_id``."""

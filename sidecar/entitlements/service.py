@@ -196,9 +196,10 @@ class EntitlementService:
         self, key: CacheKey, entry: CacheEntry[State] | None
     ) -> tuple[State | None, str, State | None]:
         """(fresh state, its source, usable stale state) after L2 and Stigg were asked."""
-        if entry is None and self._l2 is not None:
-            entry = await self._l2_get(key)
-            if entry is not None:
+        if self._l2 is not None:  # nothing fresh in L1; another replica may have fresh state
+            shared = await self._l2_get(key)
+            if shared is not None and (entry is None or shared.is_fresh(self._clock())):
+                entry = shared
                 self.l1.set_nowait(key, entry)
                 if entry.is_fresh(self._clock()):
                     self.stats.l2_hits += 1
@@ -348,10 +349,11 @@ class EntitlementService:
             self.l1.delete_nowait((customer_id, resource_id))
 
     def drop_all_local(self) -> None:
-        """Forget all of L1 (after missed cross-replica events; L2 still has the state)."""
+        """After missed cross-replica events: mark all of L1 for a refresh (from L2 or Stigg)
+        without discarding it. Redis may have restarted empty, and stale beats a default."""
         for customer_id in {key[0] for key in self._inflight}:
             self._changed(customer_id)
-        self.l1.clear()
+        self.l1.expire_all(self._clock())
 
     def _cached_resources(self, customer_id: str) -> set[str | None]:
         return set(self.l1.resources_of(customer_id))

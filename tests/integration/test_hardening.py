@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -185,3 +186,45 @@ async def test_passthrough_5xx_does_not_deny_checks(
     )
     check = await response.json()
     assert (check["hasAccess"], check["isFallback"]) == (True, False), check
+
+
+# --- a restart with a cold cache while Stigg is slow (item 7) -----------------------------------
+
+ENTITLED = [("customer-demo", "feature-sso"), ("customer-demo", "feature-api-calls")]
+
+
+async def _check(client: Client, customer_id: str, feature_id: str) -> dict[str, Any]:
+    response = await client.get(
+        "/v1/entitlements", params={"customerId": customer_id, "featureId": feature_id}
+    )
+    assert response.status == 200
+    return dict(await response.json())
+
+
+async def test_restart_while_stigg_is_slow_answers_from_the_snapshot(
+    emulator: EmulatorServer,
+) -> None:
+    settings = sidecar_settings(emulator.url)  # one data directory for both runs
+    first = await start_sidecar(settings)
+    try:
+        for customer_id, feature_id in ENTITLED:
+            assert (await _check(first, customer_id, feature_id))["hasAccess"] is True
+    finally:
+        await first.close()  # a clean stop writes the snapshot
+    # Stigg answers, but far slower than a check's deadline.
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(emulator.base_url + "/admin/faults", json={"latencyMs": 3000}) as set_fault,
+    ):
+        assert set_fault.status == 200
+    second = await start_sidecar(settings)  # no Redis: L1 is all there is
+    try:
+        for customer_id, feature_id in ENTITLED:
+            answer = await _check(second, customer_id, feature_id)
+            assert (answer["hasAccess"], answer["isFallback"], answer["source"]) == (
+                True,
+                False,
+                "stale",
+            ), answer
+    finally:
+        await second.close()
