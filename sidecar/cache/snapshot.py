@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from sidecar.cache.memory import MemoryStore
-from sidecar.cache.store import CacheEntry
+from sidecar.cache.store import CacheEntry, CacheKey
 from sidecar.entitlements.model import EntitlementsState
 
 log = logging.getLogger(__name__)
@@ -57,10 +57,13 @@ class L1Snapshot:
 
     def write(self) -> int:
         """Write L1 now; the number of entries written."""
+        return self._write(list(self._l1.items()))
+
+    def _write(self, entries: list[tuple[CacheKey, CacheEntry[State]]]) -> int:
         now = self._clock()
         parts: list[bytes] = []
         size = 0
-        for (customer_id, resource_id), entry in self._l1.items():
+        for (customer_id, resource_id), entry in reversed(entries):  # newest first
             if not entry.is_usable(now) or entry.stale_until <= entry.fresh_until:
                 continue  # expired, or never servable stale ("customer not found")
             part = orjson.dumps(
@@ -119,8 +122,9 @@ class L1Snapshot:
 
     async def save(self) -> None:
         """``write`` off the event loop; a failure is a warning, never a crash."""
+        entries = list(self._l1.items())  # taken here: L1 changes only on this thread
         try:
-            await asyncio.to_thread(self.write)
+            await asyncio.to_thread(self._write, entries)
         except OSError as exc:
             log.warning("entitlement snapshot %s not written: %s", self.path, exc)
 

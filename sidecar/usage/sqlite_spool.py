@@ -165,6 +165,7 @@ class SqliteSpool:
             # Waits for a transaction already handed to the thread: it commits or rolls back.
             await asyncio.get_running_loop().run_in_executor(executor, self._close_db)
             executor.shutdown(wait=True)
+            self._reserve.release()  # claimed again by the next open
         if self._lock_fd is not None:
             _unlock(self._lock_fd)
             self._lock_fd = None

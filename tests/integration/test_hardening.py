@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from sidecar.api.json_limits import MAX_JSON_DEPTH
+from sidecar.api.management import MANAGEMENT
 from sidecar.config import Secret
 from sidecar.emulator import EmulatorServer
 from tests.conftest import sidecar_settings, start_sidecar
@@ -149,6 +150,15 @@ async def test_http_parse_errors_answer_json_and_close(hardened: Client, case: s
     assert headers["content-type"].startswith("application/json"), body
     assert orjson.loads(body)["error"]["code"] == "bad_http_request"
     assert closed  # a request the server could not parse never shares a connection
+
+
+async def test_http_parse_errors_on_the_management_port_answer_json(hardened: Client) -> None:
+    port = hardened.app[MANAGEMENT].port
+    assert port is not None
+    status, _, body, closed = await _raw(port, HOSTILE_REQUESTS["bad request line"])
+    assert status == 400
+    assert orjson.loads(body)["error"]["code"] == "bad_http_request"
+    assert closed
 
 
 async def test_http_parse_errors_are_logged_once_per_interval_without_traceback(
