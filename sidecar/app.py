@@ -37,7 +37,7 @@ from sidecar.api.webhooks import webhook_routes
 from sidecar.cache.broadcast import RedisBroadcast
 from sidecar.cache.memory import MemoryStore
 from sidecar.cache.redis_store import RedisStore
-from sidecar.cache.snapshot import L1Snapshot, snapshot_kept
+from sidecar.cache.snapshot import L1Snapshot
 from sidecar.config import Secret, Settings
 from sidecar.entitlements.model import EntitlementsState
 from sidecar.entitlements.service import EntitlementService
@@ -157,8 +157,11 @@ async def _snapshot_ctx(app: web.Application) -> AsyncIterator[None]:
     """L1 restored from, and kept in, a local snapshot (a restart answers from recent state)."""
     settings = app[SETTINGS]
     snapshot = L1Snapshot(settings.data_dir, app[SERVICES].entitlements.l1)
-    async with snapshot_kept(snapshot, settings.cache.snapshot_interval_seconds):
+    snapshot.start(settings.cache.snapshot_interval_seconds)
+    try:
         yield
+    finally:
+        await snapshot.stop()
 
 
 async def _usage_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,23 @@ class L1Snapshot:
         self._l1 = l1
         self._max_bytes = max_bytes
         self._clock = clock
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, interval: float) -> None:
+        """Restore L1 now, then write it every ``interval`` seconds until ``stop``."""
+        restored = self.restore()
+        if restored:
+            log.info("restored %d entitlement states from %s", restored, self.path)
+        self._task = asyncio.create_task(self._run(interval), name="entitlement-snapshot")
+
+    async def stop(self) -> None:
+        """Stop the periodic writes and write once more."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.save()
 
     def write(self) -> int:
         """Write L1 now; the number of entries written."""
@@ -114,8 +131,7 @@ class L1Snapshot:
             log.warning("entitlement snapshot %s is unusable (%s); starting cold", self.path, exc)
         return restored
 
-    async def run(self, interval: float) -> None:
-        """Write every ``interval`` seconds until cancelled."""
+    async def _run(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
             await self.save()
@@ -135,19 +151,3 @@ def _entries(raw: bytes) -> list[Any]:
         raise ValueError("unknown format")
     entries: list[Any] = document["entries"]
     return entries
-
-
-@contextlib.asynccontextmanager
-async def snapshot_kept(snapshot: L1Snapshot, interval: float) -> AsyncIterator[None]:
-    """Restore at start, write every ``interval`` seconds and once more at the end."""
-    restored = snapshot.restore()
-    if restored:
-        log.info("restored %d entitlement states from %s", restored, snapshot.path)
-    task = asyncio.create_task(snapshot.run(interval), name="entitlement-snapshot")
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await snapshot.save()
