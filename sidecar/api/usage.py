@@ -27,8 +27,9 @@ Report = TypeVar("Report", UsageReport, EventReport)
 MAX_DEAD_LETTERS_PAGE = 1000
 MAX_REPLAY_IDS = 10_000
 # A dead letter's id: the SQLite spool's row number or the Redis spool's stream id ("ms-seq"),
-# in ASCII digits only (``str.isdigit`` also takes "¹" and "٣", which ``int`` then rejects).
-_DEAD_LETTER_ID = re.compile(r"[0-9]{1,20}(?:-[0-9]{1,20})?", re.ASCII)
+# in ASCII digits only (``str.isdigit`` also takes "¹" and "٣", which ``int`` then rejects), and
+# at most 18 of them, so every part fits SQLite's signed 64-bit integers.
+_DEAD_LETTER_ID = re.compile(r"[0-9]{1,18}(?:-[0-9]{1,18})?", re.ASCII)
 
 
 def _dead_letter_id(field: str, value: object) -> str:

@@ -7,7 +7,8 @@ from typing import Any
 JSON = "application/json"
 _ID = {"type": "string", "maxLength": 255, "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.:@+\-]*$"}
 _DATE_TIME = {"type": "string", "format": "date-time", "pattern": r"^(1\d{3}|20\d\d)-"}
-_DEAD_LETTER_ID = {"type": "string", "pattern": r"^[0-9]{1,20}(-[0-9]{1,20})?$"}
+_DEAD_LETTER_ID = {"type": "string", "pattern": r"^[0-9]{1,18}(-[0-9]{1,18})?$"}
+_EMPTY = {"type": "string", "maxLength": 0}  # an empty query parameter reads as absent
 _DIMENSIONS = {
     "type": "object",
     "maxProperties": 50,
@@ -273,14 +274,14 @@ def usage_paths() -> dict[str, Any]:
                         "in": "query",
                         "required": False,
                         "description": "Page size (default 100); more than 1,000 is read as 1,000.",
-                        "schema": {"type": "integer", "minimum": 1},
+                        "schema": {"anyOf": [{"type": "integer", "minimum": 1}, _EMPTY]},
                     },
                     {
                         "name": "after",
                         "in": "query",
                         "required": False,
                         "description": "The `next` of the previous page.",
-                        "schema": {"anyOf": [_DEAD_LETTER_ID, {"type": "string", "maxLength": 0}]},
+                        "schema": {"anyOf": [_DEAD_LETTER_ID, _EMPTY]},
                     },
                 ],
                 "responses": {

@@ -94,7 +94,7 @@ async def test_dead_letter_cursor_that_is_not_an_ascii_id_is_400(
     assert body["error"]["field"] == "after"
 
 
-@pytest.mark.parametrize("bad_id", ["\u00b9", "\u0663\u0663", "7-\u00b2"])
+@pytest.mark.parametrize("bad_id", ["\u00b9", "\u0663\u0663", "7-\u00b2", "64661409875083808039"])
 async def test_replaying_a_dead_letter_id_with_unicode_digits_is_400(
     hardened: Client, bad_id: str
 ) -> None:
