@@ -17,6 +17,7 @@ from aiohttp import web
 from sidecar import __version__, logs
 from sidecar.app import create_app
 from sidecar.config import ConfigError, Settings, StartupError, load_settings
+from sidecar.listeners import RESERVE, raise_open_file_limit
 
 DEFAULT_CATALOG = Path("config/catalog.yaml")
 _PACKAGED_CATALOG = "sidecar.emulator"
@@ -126,6 +127,12 @@ def serve(settings: Settings, unix: socket.socket | None) -> None:
         import uvloop
 
         loop = uvloop.new_event_loop()
+    raise_open_file_limit(
+        RESERVE
+        + settings.stigg.max_connections
+        + (settings.management.max_connections if settings.management.enabled else 0)
+        + (settings.mcp.max_connections if settings.mcp.enabled else 0)
+    )
     app = create_app(settings)
     try:
         web.run_app(

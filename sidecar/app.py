@@ -23,6 +23,7 @@ from sidecar.api.errors import error_middleware
 from sidecar.api.graphql import graphql_passthrough
 from sidecar.api.graphql_ws import close_graphql_websockets, graphql_websocket, graphql_ws_ctx
 from sidecar.api.grpc.server import GrpcListener, start_grpc
+from sidecar.api.http_errors import answer_parse_errors_as_json, rate_limit_parse_error_logs
 from sidecar.api.management import (
     MANAGEMENT,
     METRICS,
@@ -39,6 +40,7 @@ from sidecar.api.webhooks import webhook_routes
 from sidecar.cache.memory import MemoryStore
 from sidecar.cache.redis_store import RedisStore
 from sidecar.cache.replication import Replication
+from sidecar.cache.snapshot import L1Snapshot
 from sidecar.cache.tiered import RedisFaults, TieredCache
 from sidecar.config import Secret, Settings
 from sidecar.entitlements.model import EntitlementsState
@@ -161,6 +163,22 @@ async def _services_ctx(app: web.Application, *, realtime_link: bool) -> AsyncIt
     await entitlements.aclose()
 
 
+async def _snapshot_ctx(app: web.Application) -> AsyncIterator[None]:
+    """L1 restored from, and kept in, a local snapshot (a restart answers from recent state)."""
+    settings = app[SETTINGS]
+    snapshot = L1Snapshot(
+        settings.data_dir,
+        app[SERVICES].entitlements.l1,
+        EntitlementsState.to_json,
+        EntitlementsState.from_json,
+    )
+    snapshot.start(settings.cache.snapshot_interval_seconds)
+    try:
+        yield
+    finally:
+        await snapshot.stop()
+
+
 async def _usage_ctx(app: web.Application) -> AsyncIterator[None]:
     """The usage pipeline: spool opened and flushers started after the services, drained and
     closed before them (cleanup runs in reverse)."""
@@ -236,6 +254,8 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> web.A
     if settings.auth_token is not None:
         app.middlewares.append(bearer_middleware(settings.auth_token))
     app.middlewares.append(error_middleware(settings.server.max_body_bytes))
+    answer_parse_errors_as_json(app)
+    rate_limit_parse_error_logs()
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[MANAGEMENT] = Management()
@@ -248,6 +268,8 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> web.A
         app.cleanup_ctx.append(_redis_ctx)
     realtime_link = settings.realtime.enabled and upstream is None
     app.cleanup_ctx.append(functools.partial(_services_ctx, realtime_link=realtime_link))
+    if settings.cache.snapshot_interval_seconds > 0:
+        app.cleanup_ctx.append(_snapshot_ctx)
     app.cleanup_ctx.append(_usage_ctx)
     app.on_shutdown.append(_stop_accepting_usage)
     if settings.grpc.enabled:

@@ -210,6 +210,13 @@ class CacheSettings:
     negative_ttl_seconds: float = field(
         default=5.0, metadata=_meta("How long 'customer not found' is remembered.", minimum=0)
     )
+    snapshot_interval_seconds: float = field(
+        default=30.0,
+        metadata=_meta(
+            "Write L1 to SIDECAR_DATA_DIR this often (and on stop) to warm a restart; 0: never.",
+            minimum=0,
+        ),
+    )
     refresh_ahead_seconds: float = field(
         default=5.0,
         metadata=_meta(
@@ -284,6 +291,14 @@ class McpSettings:
     enabled: bool = field(default=True, metadata=_meta("Serve the MCP tools; false: no listener."))
     host: str = field(default="127.0.0.1", metadata=_meta("Address the MCP server binds to."))
     port: int = field(default=9090, metadata=_meta("MCP port.", minimum=0, maximum=65535))
+    max_connections: int = field(
+        default=64,
+        metadata=_meta("Connections the MCP port holds at once; more are refused.", minimum=1),
+    )
+    idle_timeout_seconds: float = field(
+        default=5.0,
+        metadata=_meta("Close an MCP connection idle this long.", minimum=0.1),
+    )
 
 
 @dataclass(frozen=True)
@@ -305,6 +320,16 @@ class ManagementSettings:
         metadata=_meta("Address the management port binds to."),
     )
     port: int = field(default=8081, metadata=_meta("Management port.", minimum=0, maximum=65535))
+    max_connections: int = field(
+        default=32,
+        metadata=_meta(
+            "Connections the management port holds at once; more are refused.", minimum=1
+        ),
+    )
+    idle_timeout_seconds: float = field(
+        default=5.0,
+        metadata=_meta("Close a management connection idle this long.", minimum=0.1),
+    )
 
 
 @dataclass(frozen=True)
@@ -390,6 +415,10 @@ class UsageSettings:
         metadata=_meta(
             "Deprecated alias of cache.environment (the one namespace of every Redis key)."
         ),
+    )
+    allow_volatile_redis: bool = field(
+        default=False,
+        metadata=_meta("Run the Redis spool on a Redis without AOF (a restart loses reports)."),
     )
     claim_idle_seconds: float = field(
         default=15.0,

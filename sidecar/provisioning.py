@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sidecar.timestamps import format_iso as iso
@@ -13,7 +13,8 @@ from sidecar.validation import Fields
 BILLING_PERIODS = ("MONTHLY", "ANNUALLY")
 CANCELLATION_TIMES = ("IMMEDIATE", "END_OF_BILLING_PERIOD", "SPECIFIC_DATE")
 # Subscriptions may be scheduled ahead, unlike usage timestamps.
-_FAR_FUTURE = timedelta(days=3650)
+# Dates before 2100, as the OpenAPI document says: a year like 5471 is a typo, not a plan.
+_FAR_FUTURE = datetime(2100, 1, 1, tzinfo=UTC) - datetime.now(UTC)
 
 _SUBSCRIPTION_FIELDS = (
     "planId",

@@ -154,7 +154,10 @@ def _is_identifier(value: str) -> bool:
 def check_number(name: str, value: Any, *, minimum: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValidationError(name, "must be a number")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond 1e308 (JSON-RPC parsers keep big ints exact)
+        raise ValidationError(name, "must be a finite number") from None
     if not math.isfinite(number):
         raise ValidationError(name, "must be a finite number")
     if minimum is not None and number < minimum:

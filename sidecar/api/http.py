@@ -8,6 +8,7 @@ import orjson
 from aiohttp import web
 
 from sidecar.api.errors import ApiError
+from sidecar.api.json_limits import json_depth_exceeds, too_deep_message
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -22,6 +23,9 @@ async def read_json(request: web.Request, *, optional: bool = False) -> Any:
             return None
         raise ApiError(400, "invalid_json", "request body must be a JSON object")
     try:
-        return orjson.loads(body)
+        value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
+    if json_depth_exceeds(value, body):
+        raise ApiError(400, "json_too_deep", "request body: " + too_deep_message())
+    return value

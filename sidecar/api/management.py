@@ -22,7 +22,9 @@ from redis.exceptions import RedisError
 
 from sidecar.api.errors import error_middleware
 from sidecar.api.http import json_response
+from sidecar.api.http_errors import answer_parse_errors_as_json
 from sidecar.config import StartupError
+from sidecar.listeners import CappedTCPSite
 from sidecar.metrics import CONTENT_TYPE, Metrics
 from sidecar.services import SERVICES, SETTINGS
 from sidecar.upstream.client import Upstream
@@ -60,7 +62,11 @@ async def _livez(request: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
-    ready, details = await readiness(request.app[_MAIN])
+    main = request.app[_MAIN]
+    ready, details = await readiness(main)
+    # Said, not failed on: an unready sidecar would take the app's whole pod out of service.
+    if SERVICES in main and getattr(main[SERVICES].usage.spool, "disk_full", False):
+        details["usageSpool"] = "diskFull"
     # Stigg Sidecar's body ({"status": "UP"}) with this sidecar's details beside it.
     return json_response(
         {"status": "UP" if ready else "DOWN", "ready": ready, **details},
@@ -148,6 +154,7 @@ def use_redis_for_readiness(app: web.Application, client: redis.Redis, prefix: s
 
 def management_app(main: web.Application) -> web.Application:
     app = web.Application(middlewares=[error_middleware(1024)])
+    answer_parse_errors_as_json(app)
     app[_MAIN] = main
     app.router.add_get("/livez", _livez, allow_head=True)
     app.router.add_get("/readyz", _readyz, allow_head=True)
@@ -162,9 +169,20 @@ def management_ctx() -> Callable[[web.Application], contextlib.AbstractAsyncCont
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS].management
         state = app[MANAGEMENT]
-        runner = web.AppRunner(management_app(app), access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            management_app(app),
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=settings.idle_timeout_seconds,
+        )
         await runner.setup()
-        site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+        site = CappedTCPSite(
+            runner,
+            settings.host,
+            settings.port,
+            max_connections=settings.max_connections,
+            name="management",
+        )
         try:
             await site.start()
         except OSError as exc:

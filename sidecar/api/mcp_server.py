@@ -32,6 +32,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import Receive, Scope, Send
 
 from sidecar import __version__
+from sidecar.api.mcp_limits import CappedH11Protocol
 from sidecar.api.mcp_tools import TOOLS, call_tool
 from sidecar.config import McpSettings, Secret, Settings, StartupError
 from sidecar.services import Services
@@ -239,7 +240,9 @@ class McpListener:
         )
         config = uvicorn.Config(
             _McpHttpApp(manager, self._token),
-            http="h11",
+            http=CappedH11Protocol,
+            limit_concurrency=self._settings.max_connections,
+            timeout_keep_alive=math.ceil(self._settings.idle_timeout_seconds),
             ws="none",
             lifespan="off",
             log_config=None,

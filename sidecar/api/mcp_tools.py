@@ -17,6 +17,7 @@ import mcp.types as types
 import orjson
 
 from sidecar.api.errors import ApiError, describe_upstream_error
+from sidecar.api.json_limits import json_depth_exceeds, too_deep_message
 from sidecar.api.rest import MAX_REQUESTED_VALUES
 from sidecar.entitlements.model import CheckRequest
 from sidecar.provisioning import (
@@ -385,6 +386,8 @@ async def call_tool(
     if tool is None:
         known = ", ".join(TOOLS_BY_NAME)
         return tool_error("unknown_tool", f"no tool named {name!r} (tools: {known})")
+    if arguments is not None and json_depth_exceeds(arguments):
+        return tool_error("json_too_deep", "arguments: " + too_deep_message())
     try:
         data = await tool.run(services, arguments if arguments is not None else {})
     except ValidationError as exc:

@@ -25,7 +25,11 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 _ID = id_schema()
-_DATE_TIME = {"type": "string", "format": "date-time"}
+# The sidecar takes dates before 2100 (a year like 5471 is a typo, not a plan).
+_DATE_TIME = {"type": "string", "format": "date-time", "pattern": r"^(1\d{3}|20\d\d)-"}
+# An optional id in a query string: empty is the same as absent.
+_EMPTY = {"type": "string", "maxLength": 0}
+_QUERY_ID = {"anyOf": [_ID, _EMPTY]}
 _OBJECT = {"type": "object", "additionalProperties": True}
 
 
@@ -262,12 +266,31 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["query"],
         "properties": {
-            "query": {"type": "string"},
+            "query": {"type": "string", "minLength": 1, "pattern": r"\S"},
             "variables": _nullable(_OBJECT),
             "operationName": _nullable({"type": "string"}),
         },
     },
 }
+
+
+def _null_means_absent(schema: dict[str, Any]) -> None:
+    """The API reads an optional field given as null as absent: say so in the document."""
+    required = set(schema.get("required", ()))
+    for name, prop in schema.get("properties", {}).items():
+        if isinstance(prop, dict):
+            _null_means_absent(prop)
+            if name not in required and not _allows_null(prop):
+                schema["properties"][name] = _nullable(prop)
+
+
+def _allows_null(schema: dict[str, Any]) -> bool:
+    kinds = schema.get("type")
+    return (
+        kinds == "null"
+        or (isinstance(kinds, list) and "null" in kinds)
+        or any(_allows_null(s) for s in schema.get("anyOf", ()))
+    )
 
 
 @cache
@@ -342,7 +365,7 @@ def openapi_document() -> dict[str, Any]:
                 "requestBody": _body("ProvisionCustomerRequest"),
                 "responses": {
                     **_ok("ProvisionedCustomer", 201, "Created"),
-                    **_errors(400, 409, 413, 422, *_UPSTREAM_ERRORS),
+                    **_errors(400, 404, 409, 413, 422, *_UPSTREAM_ERRORS),
                 },
             }
         },
@@ -384,13 +407,13 @@ def openapi_document() -> dict[str, Any]:
                 "parameters": [
                     _param("customerId", "query", "The customer's id.", required=True),
                     _param("featureId", "query", "The feature's id.", required=True),
-                    _param("resourceId", "query", "For multi-resource products."),
+                    _param("resourceId", "query", "For multi-resource products.", schema=_QUERY_ID),
                     _param(
                         "requestedUsage",
                         "query",
                         "Metered features: denied when currentUsage + requestedUsage > usageLimit."
                         " Without it, denied when no usage is left.",
-                        schema={"type": "number", "minimum": 0},
+                        schema={"anyOf": [{"type": "number", "minimum": 0}, _EMPTY]},
                     ),
                     _param(
                         "requestedValues",
@@ -408,7 +431,7 @@ def openapi_document() -> dict[str, Any]:
                 "summary": "All of a customer's entitlements.",
                 "parameters": [
                     customer_id,
-                    _param("resourceId", "query", "For multi-resource products."),
+                    _param("resourceId", "query", "For multi-resource products.", schema=_QUERY_ID),
                 ],
                 "responses": {**_ok("EntitlementList"), **_errors(400, *_UPSTREAM_ERRORS)},
             }
@@ -419,7 +442,7 @@ def openapi_document() -> dict[str, Any]:
                 "summary": "Drop the cached state and fetch it from Stigg now.",
                 "parameters": [
                     customer_id,
-                    _param("resourceId", "query", "For multi-resource products."),
+                    _param("resourceId", "query", "For multi-resource products.", schema=_QUERY_ID),
                 ],
                 "responses": {**_ok("EntitlementList"), **_errors(400, *_UPSTREAM_ERRORS)},
             }
@@ -453,14 +476,20 @@ def openapi_document() -> dict[str, Any]:
             "post": {
                 "operationId": "graphqlPassthrough",
                 "summary": "Any Stigg GraphQL request, forwarded with the sidecar's API key.",
-                "description": "The answer is Stigg's, passed through unchanged.",
+                "description": "The answer is Stigg's, passed through unchanged (a GraphQL"
+                " response, also for Stigg's own 4xx); the sidecar's own errors are `Error`s.",
                 "requestBody": _body("GraphQLRequest"),
                 "responses": {
                     "200": {
                         "description": "Stigg's GraphQL response.",
                         "content": {JSON: {"schema": _OBJECT}},
                     },
-                    **_errors(400, 413, *_UPSTREAM_ERRORS),
+                    **_errors(413, *_UPSTREAM_ERRORS),
+                    "400": {
+                        "description": "Invalid request: the sidecar's `Error`, or Stigg's own"
+                        " GraphQL error response.",
+                        "content": {JSON: {"schema": {"anyOf": [_ref("Error"), _OBJECT]}}},
+                    },
                 },
             }
         },
@@ -489,6 +518,9 @@ def openapi_document() -> dict[str, Any]:
     }
     paths.update(_edge_paths())
     paths.update(usage_paths())
+    schemas = {**_SCHEMAS, **USAGE_SCHEMAS}
+    for schema in schemas.values():
+        _null_means_absent(schema)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -498,5 +530,5 @@ def openapi_document() -> dict[str, Any]:
         },
         "servers": [{"url": "http://127.0.0.1:8080"}],
         "paths": paths,
-        "components": {"schemas": {**_SCHEMAS, **USAGE_SCHEMAS}},
+        "components": {"schemas": schemas},
     }

@@ -3,6 +3,7 @@ letters and the pipeline's stats."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -26,6 +27,16 @@ Report = TypeVar("Report", UsageReport, EventReport)
 
 MAX_DEAD_LETTERS_PAGE = 1000
 MAX_REPLAY_IDS = 10_000
+# A dead letter's id: the SQLite spool's row number or the Redis spool's stream id ("ms-seq"),
+# in ASCII digits only (``str.isdigit`` also takes "¹" and "٣", which ``int`` then rejects), and
+# at most 18 of them, so every part fits SQLite's signed 64-bit integers.
+_DEAD_LETTER_ID = re.compile(r"[0-9]{1,18}(?:-[0-9]{1,18})?", re.ASCII)
+
+
+def _dead_letter_id(field: str, value: object) -> str:
+    if not isinstance(value, str) or _DEAD_LETTER_ID.fullmatch(value) is None:
+        raise ValidationError(field, "must be a dead-letter id (digits, or digits-digits)")
+    return value
 
 
 def _usage(request: web.Request) -> UsageService:
@@ -87,6 +98,8 @@ async def list_dead_letters(request: web.Request) -> web.Response:
         limit = int(parse_number("limit", request.query["limit"], minimum=1))
         limit = min(limit, MAX_DEAD_LETTERS_PAGE)
     after = request.query.get("after") or None
+    if after is not None:
+        _dead_letter_id("after", after)
     letters = await _usage(request).dead_letters(kind, limit, after)
     return json_response(
         {
@@ -108,8 +121,7 @@ async def replay_dead_letters(request: web.Request) -> web.Response:
         if len(ids) > MAX_REPLAY_IDS:
             raise ValidationError("ids", f"must have at most {MAX_REPLAY_IDS} items")
         for index, value in enumerate(ids):
-            if not isinstance(value, str) or not value or len(value) > 64:
-                raise ValidationError(f"ids[{index}]", "must be a dead-letter id")
+            _dead_letter_id(f"ids[{index}]", value)
     replayed = await _usage(request).replay(None if replay_all else ids)
     return json_response({"replayed": replayed}, status=202)
 

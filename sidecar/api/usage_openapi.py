@@ -8,11 +8,13 @@ from sidecar.validation import id_schema
 
 JSON = "application/json"
 _ID = id_schema()
-_DATE_TIME = {"type": "string", "format": "date-time"}
+_DATE_TIME = {"type": "string", "format": "date-time", "pattern": r"^(1\d{3}|20\d\d)-"}
+_DEAD_LETTER_ID = {"type": "string", "pattern": r"^[0-9]{1,18}(-[0-9]{1,18})?$"}
+_EMPTY = {"type": "string", "maxLength": 0}  # an empty query parameter reads as absent
 _DIMENSIONS = {
     "type": "object",
     "maxProperties": 50,
-    "additionalProperties": {"type": ["string", "number", "boolean"]},
+    "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
 }
 
 
@@ -67,6 +69,7 @@ USAGE_SCHEMAS: dict[str, Any] = {
             "idempotencyKey": {
                 "type": "string",
                 "maxLength": 255,
+                "pattern": r"\S",
                 "description": "Repeat it to retry safely (remembered for 24 h); minted by the"
                 " sidecar (`sidecar-<uuid>`) when absent.",
             },
@@ -127,6 +130,7 @@ USAGE_SCHEMAS: dict[str, Any] = {
             "idempotencyKey": {
                 "type": "string",
                 "maxLength": 255,
+                "pattern": r"\S",
                 "description": "Minted by the sidecar when absent.",
             },
             "resourceId": _ID,
@@ -165,9 +169,21 @@ USAGE_SCHEMAS: dict[str, Any] = {
         "type": "object",
         "additionalProperties": False,
         "properties": {
-            "ids": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+            "ids": {"type": "array", "items": _DEAD_LETTER_ID, "minItems": 1, "maxItems": 10000},
             "all": {"type": "boolean"},
         },
+        "description": "Either `ids`, or `all: true`.",
+        "oneOf": [
+            {
+                "required": ["ids"],
+                "properties": {"ids": {"type": "array"}, "all": {"enum": [False, None]}},
+            },
+            {
+                "required": ["all"],
+                "properties": {"all": {"const": True}},
+                "not": {"required": ["ids"]},
+            },
+        ],
     },
     "DeadLetterReplayResult": {
         "type": "object",
@@ -211,7 +227,7 @@ def usage_paths() -> dict[str, Any]:
                         " for a batch.",
                         "content": {
                             JSON: {
-                                "schema": {"oneOf": [_ref("Acceptance"), _ref("BatchAcceptance")]}
+                                "schema": {"anyOf": [_ref("Acceptance"), _ref("BatchAcceptance")]}
                             }
                         },
                     },
@@ -234,7 +250,7 @@ def usage_paths() -> dict[str, Any]:
                         "description": "Stored.",
                         "content": {
                             JSON: {
-                                "schema": {"oneOf": [_ref("Acceptance"), _ref("BatchAcceptance")]}
+                                "schema": {"anyOf": [_ref("Acceptance"), _ref("BatchAcceptance")]}
                             }
                         },
                     },
@@ -259,14 +275,15 @@ def usage_paths() -> dict[str, Any]:
                         "name": "limit",
                         "in": "query",
                         "required": False,
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                        "description": "Page size (default 100); more than 1,000 is read as 1,000.",
+                        "schema": {"anyOf": [{"type": "integer", "minimum": 1}, _EMPTY]},
                     },
                     {
                         "name": "after",
                         "in": "query",
                         "required": False,
                         "description": "The `next` of the previous page.",
-                        "schema": {"type": "string"},
+                        "schema": {"anyOf": [_DEAD_LETTER_ID, _EMPTY]},
                     },
                 ],
                 "responses": {

@@ -29,11 +29,13 @@ class Webhooks:
 
     async def receive(self, request: web.Request) -> web.Response:
         secret = request.app[SETTINGS].webhook_secret
+        given = request.headers.get(SECRET_HEADER, "")
+        if not given:
+            raise ApiError(401, "unauthorized", f"missing {SECRET_HEADER} header")
         if secret is None:
             raise ApiError(
                 404, "not_found", "webhooks are not enabled (set SIDECAR_WEBHOOK_SECRET)"
             )
-        given = request.headers.get(SECRET_HEADER, "")
         if not hmac.compare_digest(given.encode(), secret.reveal().encode()):
             log.warning("rejected a webhook with a wrong or missing %s header", SECRET_HEADER)
             raise ApiError(401, "unauthorized", f"missing or wrong {SECRET_HEADER} header")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Generic
 
-from cachetools import LRUCache
+from cachetools import Cache, LRUCache
 
 from sidecar.cache.store import CacheEntry, CacheKey, V
 
@@ -52,6 +53,17 @@ class MemoryStore(Generic[V]):
     def clear(self) -> None:
         self._lru.clear()
         self._resources.clear()
+
+    def expire_all(self, now: float) -> None:
+        """Make every entry due for a refresh, keeping it servable as stale until then."""
+        for key, entry in self.items():
+            if entry.fresh_until > now:
+                self._lru[key] = replace(entry, fresh_until=now)
+
+    def items(self) -> Iterator[tuple[CacheKey, CacheEntry[V]]]:
+        """Every entry, oldest first; reading them does not count as using them."""
+        peek = Cache.__getitem__  # LRUCache's own would move each entry to the front
+        return iter([(key, peek(self._lru, key)) for key in list(self._lru)])
 
     def resources_of(self, customer_id: str) -> frozenset[str | None]:
         """The resource ids (None: no resource) cached for ``customer_id``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -69,6 +70,14 @@ class LocalStore(CacheStore[V], Protocol[V]):
 
     def clear(self) -> None:
         """Forget everything."""
+        ...
+
+    def expire_all(self, now: float) -> None:
+        """Make every entry due for a refresh, keeping it servable as stale until then."""
+        ...
+
+    def items(self) -> Iterator[tuple[CacheKey, CacheEntry[V]]]:
+        """Every entry, oldest first, without counting as a use (the L1 snapshot)."""
         ...
 
     def __len__(self) -> int:

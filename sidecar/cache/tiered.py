@@ -86,6 +86,6 @@ class TieredCache(Generic[V]):
         """The resource ids cached locally for ``customer_id``."""
         return self.l1.resources_of(customer_id)
 
-    def clear_local(self) -> None:
-        """Forget all of L1."""
-        self.l1.clear()
+    def expire_local(self, now: float) -> None:
+        """Make every L1 entry due for a refresh, still servable as stale until then."""
+        self.l1.expire_all(now)

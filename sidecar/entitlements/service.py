@@ -219,9 +219,11 @@ class EntitlementService:
     ) -> tuple[EntitlementsState | None, str, EntitlementsState | None]:
         """(fresh state, its source, usable stale state) after L2 and Stigg were asked; without
         fresh state, the source is why (an ``UpstreamError`` code): a fallback says so."""
-        if entry is None:
-            entry = await self.store.get_shared(key)
-            if entry is not None and entry.is_fresh(self._clock()):
+        # Nothing fresh in L1: another replica may have put fresh state in L2.
+        shared = await self.store.get_shared(key)
+        if shared is not None and (entry is None or shared.is_fresh(self._clock())):
+            entry = shared
+            if entry.is_fresh(self._clock()):
                 self.stats.l2_hits += 1
                 return entry.value, "cache", None
         stale = entry.value if entry is not None and _servable_when_stale(entry) else None
@@ -356,10 +358,11 @@ class EntitlementService:
         self.store.drop_local(customer_id)
 
     def drop_all_local(self) -> None:
-        """Forget all of L1 (after missed cross-replica events; L2 still has the state)."""
+        """After missed cross-replica events: mark all of L1 for a refresh (from L2 or Stigg)
+        without discarding it. Redis may have restarted empty, and stale beats a default."""
         for customer_id in {key[0] for key in self._inflight}:
             self._changed(customer_id)
-        self.store.clear_local()
+        self.store.expire_local(self._clock())
 
     async def _quiet_refresh(self, key: CacheKey) -> None:
         try:

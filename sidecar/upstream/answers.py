@@ -416,12 +416,6 @@ def measurements(raw: Any) -> list[dict[str, Any]]:
     return [m for m in found if m is not None]
 
 
-def measurement(raw: Any) -> dict[str, Any] | None:
-    """What ``reportUsage`` answered: the feature's usage now (None: it names no feature)."""
-    r = _Reader("reportUsage")
-    return _measurement(r, r.root(raw), "reportUsage")
-
-
 def usage_update(raw: Any) -> dict[str, Any]:
     """A pushed ``usageUpdated``: one feature's current usage."""
     r = _Reader("usageUpdated")

@@ -20,8 +20,14 @@ class CircuitBreaker:
     """Opens after ``threshold`` consecutive failures; after ``cooldown`` lets one probe through."""
 
     def __init__(
-        self, threshold: int, cooldown: float, clock: Callable[[], float] = time.monotonic
+        self,
+        threshold: int,
+        cooldown: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        guards: str = "calls to Stigg",
     ) -> None:
+        self._guards = guards
         self._threshold = threshold
         self._cooldown = cooldown
         self._clock = clock
@@ -40,7 +46,7 @@ class CircuitBreaker:
 
     def success(self) -> None:
         if self.state is not BreakerState.CLOSED:
-            log.info("circuit breaker closed: Stigg answers again")
+            log.info("circuit breaker for %s closed: Stigg answers again", self._guards)
         self._failures = 0
         self.state = BreakerState.CLOSED
 
@@ -51,7 +57,9 @@ class CircuitBreaker:
         ):
             if self.state is BreakerState.CLOSED:
                 log.warning(
-                    "circuit breaker opened after %d consecutive failures; probing again in %.1f s",
+                    "circuit breaker for %s opened after %d consecutive failures; "
+                    "probing again in %.1f s",
+                    self._guards,
                     self._failures,
                     self._cooldown,
                 )

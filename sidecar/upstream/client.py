@@ -117,7 +117,18 @@ class StiggClient:
         self.last_answer_at: float | None = None
         self._url = settings.api_url
         self.breaker = CircuitBreaker(
-            settings.breaker_failure_threshold, settings.breaker_cooldown_seconds, clock
+            settings.breaker_failure_threshold,
+            settings.breaker_cooldown_seconds,
+            clock,
+            guards="the sidecar's own calls to Stigg",
+        )
+        # Passed-through requests are the clients' own (a heavy or bad query may fail where
+        # entitlement reads do not): their failures pause only the passthrough, never checks.
+        self.passthrough_breaker = CircuitBreaker(
+            settings.breaker_failure_threshold,
+            settings.breaker_cooldown_seconds,
+            clock,
+            guards="passed-through /graphql requests",
         )
         timeout = httpx.Timeout(
             connect=settings.connect_timeout_seconds,
@@ -155,7 +166,7 @@ class StiggClient:
         while True:
             try:
                 return await self._guarded(
-                    self._execute_once(operation, body), operation.root_field
+                    self._execute_once(operation, body), operation.root_field, self.breaker
                 )
             except UpstreamError as exc:
                 delivered = not isinstance(exc, _NotDelivered)
@@ -175,9 +186,9 @@ class StiggClient:
                 )
                 await asyncio.sleep(delay)
 
-    async def _guarded(self, call: Coroutine[Any, Any, T], name: str) -> T:
-        """Run ``call`` through the circuit breaker: fail fast while it is open."""
-        if not self.breaker.allow():
+    async def _guarded(self, call: Coroutine[Any, Any, T], name: str, breaker: CircuitBreaker) -> T:
+        """Run ``call`` through ``breaker``: fail fast while it is open."""
+        if not breaker.allow():
             call.close()
             if self.observer is not None:
                 self.observer(name, "circuit_open", 0.0)
@@ -192,16 +203,16 @@ class StiggClient:
             self._observe(name, exc, started)
             # Only failures to answer count; Stigg answering an error is Stigg being up.
             if isinstance(exc, _FAILURES):
-                self.breaker.failure()
+                breaker.failure()
             else:
-                self.breaker.success()
+                breaker.success()
                 self.last_answer_at = self._clock()
             raise
         except BaseException:
-            self.breaker.failure()  # e.g. cancelled: never leave a probe hanging half-open
+            breaker.failure()  # e.g. cancelled: never leave a probe hanging half-open
             raise
         self._observe(name, None, started)
-        self.breaker.success()
+        breaker.success()
         self.last_answer_at = self._clock()
         return result
 
@@ -240,7 +251,9 @@ class StiggClient:
 
     async def forward(self, body: bytes) -> RawResponse:
         try:
-            return await self._guarded(self._forward_once(body), "graphql")
+            return await self._guarded(
+                self._forward_once(body), "graphql", self.passthrough_breaker
+            )
         except UpstreamError as exc:
             raise _public(exc) from None  # never retried, so "not delivered" is no news
 

@@ -34,6 +34,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError, ResponseError
 
 from sidecar.usage.model import KINDS, Kind
+from sidecar.usage.redis_durability import PersistenceGuard
 from sidecar.usage.spool import (
     Batch,
     DeadLetter,
@@ -204,6 +205,7 @@ class RedisSpool:
         on_claimed: Callable[[Kind, int], None] | None = None,
         legacy_prefix: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        allow_volatile: bool = False,
     ) -> None:
         """``prefix`` starts every key (``RedisNamespace.spool``: it carries the hash tag that
         keeps the keys on one Cluster slot); ``client`` is the process's pool, not closed here;
@@ -234,6 +236,17 @@ class RedisSpool:
             [f"{{{legacy_prefix}}}:spool:{kind}" for kind in KINDS] if legacy_prefix else []
         )
         self._scripts: dict[str, Any] = {}
+        self.persistence = PersistenceGuard(
+            list(self._stream.values()),
+            f"{tag}:spool-alive",
+            allow_volatile=allow_volatile,
+            clock=clock,
+        )
+
+    @property
+    def durable(self) -> bool:
+        """Whether Redis was seen persisting with AOF (the durable-spool metric)."""
+        return bool(self.persistence.durable)
 
     @property
     def redis(self) -> Any:  # redis-py's reply types are too loose to be useful here
@@ -261,6 +274,7 @@ class RedisSpool:
         except RedisError as exc:
             # Not fatal: reports get 503 and the flusher retries until Redis is back.
             log.warning("usage spool: Redis is not reachable yet (%s)", type(exc).__name__)
+        await self.persistence.verify_at_start(self.redis)
 
     async def _warn_about_legacy_reports(self) -> None:
         """Reports an older release spooled outside the namespace are not delivered from
@@ -300,6 +314,8 @@ class RedisSpool:
                 keys.append(f"{self._key_prefix}{kind}:{report.dedupe_key}")
                 index = len(keys)
             args.extend((report.body, index))
+        if self.persistence.refusing:
+            raise SpoolUnavailable("Redis keeps no append-only file (see usage.allowVolatileRedis)")
         try:
             result = await self._scripts["append"](keys=keys, args=args)
         except RedisError as exc:
@@ -311,6 +327,7 @@ class RedisSpool:
     # --- the flush lease ----------------------------------------------------------------------
 
     async def acquire(self) -> bool:
+        await self.persistence.watch(self.redis)
         now = self._clock()
         if self._leader:
             if now < self._renew_at:
@@ -542,7 +559,7 @@ def _json(raw: Any) -> dict[str, Any]:
 
 def _valid_stream_id(text: str) -> bool:
     ms, _, seq = text.partition("-")
-    return ms.isdigit() and seq.isdigit()
+    return text.isascii() and ms.isdigit() and seq.isdigit()
 
 
 def _entry(entry_id: str, fields: dict[Any, Any]) -> Entry:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from sidecar.config import Settings, UsageSettings
+from sidecar.fault_log import FaultLog
 from sidecar.redis_namespace import RedisNamespace
 from sidecar.upstream.client import Upstream
 from sidecar.usage.flusher import Flusher, event_policy, usage_policy
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 log = logging.getLogger(__name__)
+_faults = FaultLog(log)
 
 MAINTENANCE_INTERVAL_SECONDS = 600.0
 
@@ -120,6 +122,7 @@ class UsageService:
                 lease_seconds=usage.claim_idle_seconds,
                 on_claimed=claimed,
                 legacy_prefix=usage.redis_key_prefix or "stigg-sidecar",
+                allow_volatile=usage.allow_volatile_redis,
             )
         else:
             data_dir = settings.data_dir
@@ -240,7 +243,13 @@ class UsageService:
                 self.settings.full_retry_after_seconds,
             ) from None
         except Exception as exc:  # noqa: BLE001 - a store failure is a 503, never a lost 202
-            log.warning("usage spool (%s) cannot store reports: %s", self.spool.name, exc)
+            _faults.log(
+                "store",
+                logging.WARNING,
+                "usage spool (%s) cannot store reports: %s",
+                self.spool.name,
+                exc,
+            )
             raise UsageUnavailable(
                 "spool_unavailable", "the usage spool cannot store reports right now", 1
             ) from None

@@ -22,6 +22,7 @@ import fcntl
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,6 +30,8 @@ from typing import Any, TypeVar
 
 import orjson
 
+from sidecar.fault_log import FaultLog
+from sidecar.usage.disk_reserve import DiskReserve, is_disk_full
 from sidecar.usage.model import KINDS, Kind
 from sidecar.usage.spool import (
     Batch,
@@ -40,6 +43,9 @@ from sidecar.usage.spool import (
 )
 
 log = logging.getLogger(__name__)
+faults = FaultLog(log)
+# While the disk is full, appends try the disk again at most this often (not per request).
+DISK_FULL_PROBE_SECONDS = 1.0
 
 T = TypeVar("T")
 
@@ -107,6 +113,11 @@ class SqliteSpool:
         self._pending: list[_Request] = []
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self._reserve = DiskReserve(data_dir / "usage-spool.reserve")
+        # True from a write that found the disk full until an append succeeds with the
+        # reserve back in place; read by /readyz and the metrics.
+        self.disk_full = False
+        self._last_probe = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -136,6 +147,8 @@ class SqliteSpool:
             self._count[kind] = count
             self._bytes += size
         self._db = db
+        if not self._reserve.claim():
+            self._enter_disk_full(OSError("no room for the disk-full reserve"))
 
     async def close(self) -> None:
         writer, self._writer = self._writer, None
@@ -152,6 +165,7 @@ class SqliteSpool:
             # Waits for a transaction already handed to the thread: it commits or rolls back.
             await asyncio.get_running_loop().run_in_executor(executor, self._close_db)
             executor.shutdown(wait=True)
+            self._reserve.release()  # claimed again by the next open
         if self._lock_fd is not None:
             _unlock(self._lock_fd)
             self._lock_fd = None
@@ -187,8 +201,8 @@ class SqliteSpool:
                 group, self._pending = self._pending, []
                 try:
                     results = await self._run(self._append_group, group)
-                except Exception as exc:
-                    log.exception("usage spool: append failed")
+                except Exception as exc:  # noqa: BLE001 - each waiting request gets it as its answer
+                    faults.log("append", logging.ERROR, "usage spool: append failed: %r", exc)
                     for *_, future in group:
                         if not future.done():
                             future.set_exception(exc)
@@ -202,6 +216,50 @@ class SqliteSpool:
                         future.set_result(result)
 
     def _append_group(self, group: list[_Request]) -> list[list[bool] | BaseException]:
+        """Append, unless the disk is full: then refuse at once, trying the disk once a second."""
+        if self.disk_full:
+            now = time.monotonic()
+            if now - self._last_probe < DISK_FULL_PROBE_SECONDS:
+                return [SpoolFull() for _ in group]
+            self._last_probe = now
+            if not self._reserve.claim():
+                return [SpoolFull() for _ in group]
+        try:
+            results = self._append_group_now(group)
+        except sqlite3.Error as exc:
+            if not is_disk_full(exc):
+                raise
+            self._enter_disk_full(exc)
+            return [SpoolFull() for _ in group]
+        if self.disk_full:
+            self.disk_full = False
+            log.warning("usage spool: the disk has room again; accepting reports")
+        return results
+
+    def _enter_disk_full(self, exc: BaseException) -> None:
+        self.disk_full = True
+        faults.log(
+            "disk_full",
+            logging.ERROR,
+            "usage spool: the disk under %s is full (%s); new reports get 503, delivery goes on",
+            self._data_dir,
+            exc,
+        )
+
+    def _with_reserve(self, write: Callable[..., T], *args: Any) -> T:
+        """A flush-side write; on a full disk, give up the reserve and write again."""
+        try:
+            return write(*args)
+        except sqlite3.Error as exc:
+            if not is_disk_full(exc):
+                raise
+            self._enter_disk_full(exc)
+            if not self._reserve.release():
+                raise
+            log.warning("usage spool: released the disk-full reserve so delivery can go on")
+            return write(*args)
+
+    def _append_group_now(self, group: list[_Request]) -> list[list[bool] | BaseException]:
         db = self._conn()
         results: list[list[bool] | BaseException] = []
         count = sum(self._count.values())
@@ -284,7 +342,7 @@ class SqliteSpool:
         )
 
     async def record_batch(self, batch: Batch) -> bool:
-        await self._run(self._record, batch)
+        await self._run(self._with_reserve, self._record, batch)
         return True
 
     def _record(self, batch: Batch) -> None:
@@ -293,7 +351,7 @@ class SqliteSpool:
             _insert_batch(db, batch)
 
     async def split_batch(self, batch: Batch, parts: Sequence[Batch]) -> bool:
-        await self._run(self._split, batch, parts)
+        await self._run(self._with_reserve, self._split, batch, parts)
         return True
 
     def _split(self, batch: Batch, parts: Sequence[Batch]) -> None:
@@ -304,7 +362,7 @@ class SqliteSpool:
                 _insert_batch(db, part)
 
     async def ack_batch(self, batch: Batch) -> None:
-        await self._run(self._ack, batch)
+        await self._run(self._with_reserve, self._ack, batch)
 
     def _ack(self, batch: Batch) -> None:
         db = self._conn()
@@ -321,7 +379,7 @@ class SqliteSpool:
         self._bytes -= size
 
     async def dead_letter(self, batch: Batch, reason: str, code: str, now: float) -> int:
-        return await self._run(self._dead_letter, batch, reason, code, now)
+        return await self._run(self._with_reserve, self._dead_letter, batch, reason, code, now)
 
     def _dead_letter(self, batch: Batch, reason: str, code: str, now: float) -> int:
         db = self._conn()
@@ -348,7 +406,7 @@ class SqliteSpool:
     async def dead_letters(
         self, kind: Kind | None, limit: int, after: str | None
     ) -> list[DeadLetter]:
-        start = int(after) if after and after.isdigit() else 0
+        start = int(after) if after and after.isascii() and after.isdigit() else 0
         rows = await self._run(
             lambda: (
                 self._conn()
@@ -372,7 +430,9 @@ class SqliteSpool:
         db = self._conn()
         selector = "1" if ids is None else "id IN (SELECT value FROM json_each(?))"
         params: tuple[Any, ...] = (
-            () if ids is None else (orjson.dumps([int(i) for i in ids if i.isdigit()]),)
+            ()
+            if ids is None
+            else (orjson.dumps([int(i) for i in ids if i.isascii() and i.isdigit()]),)
         )
         with _transaction(db):
             rows = db.execute(
@@ -457,7 +517,8 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
         yield
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.in_transaction:  # SQLite rolls back by itself on some errors, e.g. a full disk
+            db.execute("ROLLBACK")
         raise
 
 

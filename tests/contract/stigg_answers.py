@@ -23,11 +23,13 @@ from graphql import (
     FragmentDefinitionNode,
     FragmentSpreadNode,
     GraphQLEnumType,
+    GraphQLInterfaceType,
     GraphQLList,
     GraphQLNonNull,
     GraphQLObjectType,
     GraphQLOutputType,
     GraphQLScalarType,
+    GraphQLUnionType,
     InlineFragmentNode,
     OperationDefinitionNode,
     SelectionSetNode,
@@ -111,18 +113,34 @@ def parse_document(text: str) -> Document:
 
 
 def _fields(
-    selection: SelectionSetNode, fragments: Mapping[str, FragmentDefinitionNode]
+    selection: SelectionSetNode,
+    fragments: Mapping[str, FragmentDefinitionNode],
+    type_name: str | None = None,
 ) -> list[FieldNode]:
-    """The fields selected, fragments expanded (ours are on the object type itself)."""
+    """The fields selected for an object of ``type_name``, fragments expanded: a fragment on
+    another object type (one member of a union) does not apply."""
     found: list[FieldNode] = []
     for node in selection.selections:
         if isinstance(node, FieldNode):
             found.append(node)
-        elif isinstance(node, InlineFragmentNode):
-            found.extend(_fields(node.selection_set, fragments))
+            continue
+        if isinstance(node, InlineFragmentNode):
+            condition, inner = node.type_condition, node.selection_set
         elif isinstance(node, FragmentSpreadNode):
-            found.extend(_fields(fragments[node.name.value].selection_set, fragments))
+            fragment = fragments[node.name.value]
+            condition, inner = fragment.type_condition, fragment.selection_set
+        else:
+            continue
+        if _applies(condition.name.value if condition else None, type_name):
+            found.extend(_fields(inner, fragments, type_name))
     return found
+
+
+def _applies(condition: str | None, type_name: str | None) -> bool:
+    if condition is None or type_name is None or condition == type_name:
+        return True
+    # A condition on an interface or union holds for its members; on another object, not.
+    return not isinstance(stigg_schema().get_type(condition), GraphQLObjectType)
 
 
 def _value(
@@ -165,8 +183,23 @@ def _non_null_value(
         return st.sampled_from(values)
     if isinstance(field_type, GraphQLScalarType):
         return SCALARS[field_type.name]
-    assert isinstance(field_type, GraphQLObjectType), field_type
     assert node.selection_set is not None
+    if isinstance(field_type, GraphQLUnionType | GraphQLInterfaceType):
+        # One of the concrete types, each with the fields selected for it.
+        members = stigg_schema().get_possible_types(field_type)
+        return st.one_of(
+            *(
+                _object(
+                    member,
+                    node.selection_set,
+                    doc,
+                    unknown_enums=unknown_enums,
+                    extra_fields=extra_fields,
+                )
+                for member in sorted(members, key=lambda t: t.name)
+            )
+        )
+    assert isinstance(field_type, GraphQLObjectType), field_type
     return _object(
         field_type, node.selection_set, doc, unknown_enums=unknown_enums, extra_fields=extra_fields
     )
@@ -181,7 +214,7 @@ def _object(
     extra_fields: bool,
 ) -> st.SearchStrategy[dict[str, Any]]:
     members: dict[str, st.SearchStrategy[Any]] = {}
-    for node in _fields(selection, doc.fragments):
+    for node in _fields(selection, doc.fragments, object_type.name):
         key = (node.alias or node.name).value
         if node.name.value == "__typename":
             members[key] = st.just(object_type.name)

@@ -26,7 +26,6 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sidecar.api.http import SERVICES, Services
 from sidecar.api.mcp_tools import call_tool
 from sidecar.app import create_app
 from sidecar.config import (
@@ -36,6 +35,7 @@ from sidecar.config import (
     UsageSettings,
 )
 from sidecar.entitlements.model import CheckRequest
+from sidecar.services import SERVICES, Services
 from sidecar.upstream import answers, documents
 from sidecar.upstream.client import StiggClient
 from sidecar.upstream.errors import StiggError, UpstreamProtocolError
@@ -92,7 +92,7 @@ class FakeStigg:
 class Harness:
     """One sidecar app on a fake Stigg, in an event loop of its own (hypothesis is sync)."""
 
-    def __init__(self, operation: documents.Operation) -> None:
+    def __init__(self, operation: documents.Operation, *, fresh_ttl: float = 30.0) -> None:
         self.stigg = FakeStigg(operation)
         self.loop = asyncio.new_event_loop()
         self.ids = itertools.count()
@@ -102,6 +102,7 @@ class Harness:
             stigg=replace(base.stigg, breaker_failure_threshold=1_000_000),
             realtime=RealtimeSettings(enabled=False),
             entitlements=EntitlementSettings(check_deadline_seconds=5.0),
+            cache=replace(base.cache, fresh_ttl_seconds=fresh_ttl),
         )
         self.upstream = StiggClient(
             self.settings.stigg,
@@ -133,11 +134,11 @@ class Harness:
 
 
 @pytest.fixture
-def harness() -> Iterator[Callable[[documents.Operation], Harness]]:
+def harness() -> Iterator[Callable[..., Harness]]:
     made: list[Harness] = []
 
-    def make(operation: documents.Operation) -> Harness:
-        made.append(Harness(operation))
+    def make(operation: documents.Operation, **options: Any) -> Harness:
+        made.append(Harness(operation, **options))
         return made[-1]
 
     yield make
@@ -359,6 +360,46 @@ def test_realtime_updates(
     check()
 
 
+# --- edge reads the sidecar relays ----------------------------------------------------------
+
+# Document -> the edge path answered from it (a fresh id each time: no cached answer).
+RELAYED: dict[str, Callable[[str], str]] = {
+    "GetActiveSubscriptionsList": lambda i: f"/v1/c/{i}/subscriptions.json",
+    "GetPaywall": lambda i: f"/v1/p/{i}/paywall.json",
+    "GetSdkConfiguration": lambda i: "/v1/config/server-sdk-configuration.json",
+}
+
+
+@pytest.mark.parametrize("name", sorted(RELAYED))
+def test_edge_reads_relay_or_fail_cleanly(
+    name: str, harness: Callable[..., Harness], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The app's own Stigg SDK reads these answers; the sidecar relays Stigg's data as it is,
+    and a failed or unusable answer is a JSON error, never a 500."""
+    operation = OPERATIONS[name]
+    h = harness(operation, fresh_ttl=0.0)  # the catalog reads are not cached across examples
+
+    async def drive(answer: HttpAnswer) -> None:
+        h.stigg.queue.append(answer)
+        status, payload = await rest(h, "GET", RELAYED[name](h.new_id()))
+        if status != 200:
+            assert not answer.is_success, (status, payload)
+        elif payload.get("data") is None:  # Stigg's error, relayed as its edge would
+            assert payload["errors"], payload
+        else:
+            assert set(payload["data"]) == {operation.root_field}
+
+    @PROPERTY
+    @given(answer=http_answers(operation.document))
+    def check(answer: HttpAnswer) -> None:
+        h.stigg.queue.clear()
+        h.run(drive(answer))
+        no_unhandled_errors(caplog)
+
+    check()
+    assert h.stigg.calls >= EXAMPLES
+
+
 # --- readers alone: valid answers raise no alarm ---------------------------------------------
 
 READERS: dict[str, Callable[[Any], Any]] = {
@@ -367,7 +408,6 @@ READERS: dict[str, Callable[[Any], Any]] = {
     "ProvisionCustomer": lambda v: answers.provisioned_customer(v, "c1"),
     "ProvisionSubscription": lambda v: answers.provisioned_subscription(v, "c1"),
     "CancelSubscription": answers.cancelled_subscription,
-    "ReportUsage": answers.measurement,
     "ReportUsageBulk": answers.measurements,
     "ReportEvent": lambda v: v,
     "OnEntitlementsUpdated": answers.entitlements_update,
@@ -376,7 +416,9 @@ READERS: dict[str, Callable[[Any], Any]] = {
 
 
 def test_every_document_has_a_reader() -> None:
-    assert set(READERS) == {op.name for op in documents.ALL_OPERATIONS}
+    """Each document's answer is read by the sidecar, or relayed as it is to the app's SDK."""
+    assert set(READERS) | set(RELAYED) == {op.name for op in documents.ALL_OPERATIONS}
+    assert not set(READERS) & set(RELAYED)
 
 
 def _read(reader: Callable[[Any], Any], value: Any) -> tuple[Any, Exception | None]:

@@ -449,3 +449,43 @@ async def test_a_fallback_after_the_deadline_says_timeout(
     answer = await svc.check(CALLS)
     assert (answer["isFallback"], answer["fallbackReason"]) == (True, "upstream_timeout")
     await svc.aclose()
+
+
+async def test_resync_marks_for_refresh_and_stale_beats_the_default(
+    upstream: FakeUpstream, clock: FakeClock
+) -> None:
+    # Redis reconnected (perhaps restarted empty): L1 must be refreshed, not thrown away.
+    l2 = RedisStore(
+        fakeredis.FakeAsyncRedis(), "t", EntitlementsState.to_json, EntitlementsState.from_json
+    )
+    svc = service(upstream, clock, l2=l2)
+    await svc.check(CALLS)
+    await l2.delete_customer("c1")  # the restarted Redis has nothing
+    svc.drop_all_local()
+    upstream.gate = asyncio.Event()  # Stigg too slow for the 50 ms deadline
+    answer = await svc.check(CALLS)
+    assert (answer["source"], answer["isFallback"], answer["hasAccess"]) == ("stale", False, True)
+    upstream.gate.set()  # the background fetch lands and refreshes the entry
+    await eventually(lambda: svc.l1.get_nowait(("c1", None)).is_fresh(clock()))
+    calls = upstream.calls
+    answer = await svc.check(CALLS)
+    assert (answer["source"], answer["hasAccess"]) == ("cache", True)  # refreshed, not stale
+    assert upstream.calls == calls
+
+
+async def test_resync_takes_fresher_state_from_the_shared_cache(
+    upstream: FakeUpstream, clock: FakeClock
+) -> None:
+    l2 = RedisStore(
+        fakeredis.FakeAsyncRedis(), "t", EntitlementsState.to_json, EntitlementsState.from_json
+    )
+    svc = service(upstream, clock, l2=l2)
+    await svc.check(CALLS)
+    upstream.states["c1"] = stigg_state(usage=7)
+    other = service(upstream, clock, l2=l2)  # another replica refreshed the shared state
+    await other.reload("c1", None)
+    svc.drop_all_local()
+    calls = upstream.calls
+    answer = await svc.check(CALLS)
+    assert (answer["source"], answer["currentUsage"]) == ("cache", 7)
+    assert upstream.calls == calls

@@ -40,3 +40,31 @@ async def test_required_properties_are_required(tool: Any) -> None:
     assert (error.field, error.message) == (first, "is required")
     unknown = await rejection(tool.name, {"notAField": 1})
     assert (unknown.field, unknown.message) == ("notAField", "unknown field")
+
+
+def _error_of(result: Any) -> dict[str, Any]:
+    assert result.is_error
+    return cast(dict[str, Any], result.structured_content["error"])
+
+
+async def test_deeply_nested_arguments_are_a_tool_error_naming_the_limit() -> None:
+    from sidecar.api.json_limits import MAX_JSON_DEPTH
+    from sidecar.api.mcp_tools import call_tool
+
+    deep: Any = 1
+    for _ in range(1000):
+        deep = {"a": deep}
+    result = await call_tool(
+        NO_SERVICES, "provision-customer", {"customerId": "c", "metadata": deep}
+    )
+    error = _error_of(result)
+    assert error["code"] == "json_too_deep"
+    assert str(MAX_JSON_DEPTH) in error["message"]
+
+
+async def test_report_usage_value_beyond_float_range_is_a_tool_error_naming_value() -> None:
+    from sidecar.api.mcp_tools import call_tool
+
+    arguments = {"customerId": "c", "featureId": "f", "value": 10**309}
+    error = _error_of(await call_tool(NO_SERVICES, "report-usage", arguments))
+    assert (error["code"], error["field"]) == ("invalid_request", "value")

@@ -154,7 +154,7 @@ def test_known_enum_values_are_the_schemas(known: frozenset[str], enum: str) -> 
 
 async def test_counts_are_exported_by_operation(drift: AnswerDrift) -> None:
     drift.record("entitlementsState", "unknown_enum", "x")
-    text = (await Metrics().render()).decode()
+    text = (await Metrics(lambda: None).render()).decode()
     assert (
         'stigg_sidecar_upstream_unexpected_answers_total{operation="entitlementsState"} 1.0' in text
     )
