@@ -370,13 +370,13 @@ class _StateCollector(Collector):
         up.add_metric([], int(depth is not None))
         yield up
         full = _gauge("usage_spool_full", "1 while the spool's disk is full (new reports get 503).")
-        full.add_metric([], int(getattr(services.usage.spool, "disk_full", False)))
+        full.add_metric([], int(services.usage.spool.disk_full))
         yield full
         durable = _gauge(
             "usage_spool_durable",
             "1 when an accepted report survives a spool restart (0: Redis without AOF).",
         )
-        durable.add_metric([], int(getattr(services.usage.spool, "durable", True)))
+        durable.add_metric([], int(services.usage.spool.durable))
         yield durable
         reports = _gauge("usage_spool_depth", "Reports waiting in the spool, by kind.", ["kind"])
         oldest = _gauge(

@@ -65,7 +65,7 @@ async def _readyz(request: web.Request) -> web.Response:
     main = request.app[_MAIN]
     ready, details = await readiness(main)
     # Said, not failed on: an unready sidecar would take the app's whole pod out of service.
-    if SERVICES in main and getattr(main[SERVICES].usage.spool, "disk_full", False):
+    if SERVICES in main and main[SERVICES].usage.spool.disk_full:
         details["usageSpool"] = "diskFull"
     # Stigg Sidecar's body ({"status": "UP"}) with this sidecar's details beside it.
     return json_response(

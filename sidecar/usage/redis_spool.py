@@ -191,6 +191,7 @@ class RedisSpool:
 
     name = "redis"
     poll_interval: float | None = 0.05
+    disk_full = False  # Redis's own disk is Redis's concern; a full one shows as errors
 
     def __init__(
         self,

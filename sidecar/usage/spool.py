@@ -155,6 +155,13 @@ class Spool(Protocol):
     # How often the flusher must look for new reports that ``notify`` does not announce
     # (other replicas' appends); None when every append goes through this process.
     poll_interval: float | None
+    # Writes fail for want of disk space (new reports are refused; delivery goes on).
+    disk_full: bool
+
+    @property
+    def durable(self) -> bool:
+        """Whether an accepted report survives the store's restart (a metric)."""
+        ...
 
     async def open(self) -> None:
         """Create or recover the store; raises if it cannot be used."""

@@ -87,6 +87,7 @@ class SqliteSpool:
 
     name = "sqlite"
     poll_interval: float | None = None
+    durable = True  # WAL with synchronous=FULL: on disk before the 202
 
     def __init__(
         self,
