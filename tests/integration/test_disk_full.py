@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from tests.conftest import REPO, free_port
-from tests.integration.usage_processes import emulator_process, sidecar_env, wait_for
+from tests.eventually import eventually_blocking
+from tests.integration.usage_processes import emulator_process, sidecar_env
 
 TMPFS_BYTES = 12 * 1024 * 1024  # the 8 MiB reserve, and room for a few thousand reports
 FLOOD = 60_000
@@ -67,7 +68,9 @@ def test_disk_full_keeps_delivering_and_logs_once(tmp_path: Path) -> None:
         api = httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=10)
         management = httpx.Client(base_url=f"http://127.0.0.1:{management_port}", timeout=10)
         try:
-            wait_for(lambda: _answers(api, "/v1/usage/stats"), 30, "sidecar did not start")
+            eventually_blocking(
+                lambda: _answers(api, "/v1/usage/stats"), 30, "sidecar did not start"
+            )
             accepted = refused = 0
             for _ in range(FLOOD // PER_REQUEST):
                 body = [
@@ -89,14 +92,14 @@ def test_disk_full_keeps_delivering_and_logs_once(tmp_path: Path) -> None:
             # Stigg is back; the disk is still full.
             emulator.admin("DELETE", "/admin/faults")
             started = time.monotonic()
-            wait_for(
+            eventually_blocking(
                 lambda: emulator.usage("customer-demo") - before >= accepted,
                 60,
                 f"{accepted} accepted reports were not all delivered",
                 interval=0.2,
             )
             delivered_in = time.monotonic() - started
-            wait_for(
+            eventually_blocking(
                 lambda: api.get("/v1/usage/stats").json()["spooled"].get("reports") == 0,
                 30,
                 "delivered reports were not acknowledged (removed from the spool)",

@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import REPO, free_port
-from tests.integration.usage_processes import emulator_process, sidecar_env, wait_for
+from tests.eventually import eventually_blocking
+from tests.integration.usage_processes import emulator_process, sidecar_env
 
 NOFILE = 256
 FLOOD = 400  # idle connections: more than the sidecar may hold open at all
@@ -66,7 +67,9 @@ def test_idle_flood_on_management_port_leaves_checks_and_fetches_answering(
         )
         base = f"http://127.0.0.1:{api_port}"
         try:
-            wait_for(lambda: _answers(base + "/v1/usage/stats"), 30, "sidecar did not start")
+            eventually_blocking(
+                lambda: _answers(base + "/v1/usage/stats"), 30, "sidecar did not start"
+            )
             with (
                 _idle_connections(management_port, FLOOD) as connected,
                 _idle_connections(mcp_port, FLOOD) as connected_mcp,
@@ -104,7 +107,7 @@ def test_idle_flood_on_management_port_leaves_checks_and_fetches_answering(
             )
             assert usage_status == 202
             # Once the flood is gone the management port answers again.
-            wait_for(
+            eventually_blocking(
                 lambda: _answers(f"http://127.0.0.1:{management_port}/livez"),
                 15,
                 "management port did not recover",

@@ -51,6 +51,7 @@ from sidecar.app import GRPC
 from sidecar.config import Secret, UsageSettings
 from sidecar.emulator import EmulatorServer
 from tests.conftest import API_KEY, REPO, free_port, sidecar_settings, start_sidecar
+from tests.integration.test_api_e2e import emulator_usage, wait_for_usage
 
 Client = TestClient[web.Request, web.Application]
 pytestmark = pytest.mark.integration
@@ -79,11 +80,6 @@ async def admin(emulator: EmulatorServer, method: str, path: str, **kwargs: Any)
         response = await http.request(method, path, **kwargs)
         response.raise_for_status()
         return response.json()
-
-
-async def emulator_usage(emulator: EmulatorServer, customer: str, feature: str) -> float:
-    query = {"customerId": customer, "featureId": feature}
-    return float((await admin(emulator, "GET", "/admin/usage", params=query))["currentUsage"])
 
 
 # --- the six checks ----------------------------------------------------------------------------
@@ -225,17 +221,6 @@ async def test_reload_entitlements_sees_a_change_at_once(
 
 
 # --- usage -------------------------------------------------------------------------------------
-
-
-async def wait_for_usage(
-    emulator: EmulatorServer, customer: str, feature: str, expected: float
-) -> None:
-    for _ in range(200):
-        if await emulator_usage(emulator, customer, feature) == expected:
-            return
-        await asyncio.sleep(0.05)
-    actual = await emulator_usage(emulator, customer, feature)
-    raise AssertionError(f"{customer}/{feature}: usage {actual}, expected {expected}")
 
 
 async def test_report_usage_is_spooled_and_delivered(

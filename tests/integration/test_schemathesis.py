@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import REPO, free_port
-from tests.integration.usage_processes import wait_for
+from tests.eventually import eventually_blocking
 
 MAX_EXAMPLES = 60
 SEED = 20261202
@@ -40,7 +40,7 @@ def test_schemathesis_default_checks_pass(tmp_path: Path) -> None:
     )
     url = f"http://127.0.0.1:{port}/openapi.json"
     try:
-        wait_for(lambda: _answers(url), 60, "sidecar --local did not start")
+        eventually_blocking(lambda: _answers(url), 60, "sidecar --local did not start")
         run = subprocess.run(
             [
                 schemathesis,
