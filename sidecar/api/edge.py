@@ -176,17 +176,19 @@ async def _state(request: web.Request) -> EntitlementsState | None:
 
 async def entitlements_json(request: web.Request) -> web.Response:
     """Every entitlement of a customer, or with ``featureId`` one (Python client)."""
+    # The query is checked before anything is fetched: bad input is a 400 whatever Stigg says.
+    feature_id = request.query.get("featureId") or None
+    if feature_id is not None:
+        check_identifier("featureId", feature_id)
+    usage = request.query.get("requestedUsage")
+    requested = parse_number("requestedUsage", usage, minimum=0) if usage else None
     state = await _state(request)
     if state is None:
         return _unavailable()
     if state.access_denied_reason == "CustomerNotFound":
         return _errors(f"Customer {state.customer_id} not found", "CustomerNotFound")
     now = time.time()
-    feature_id = request.query.get("featureId")
-    if feature_id:
-        check_identifier("featureId", feature_id)
-        usage = request.query.get("requestedUsage")
-        requested = parse_number("requestedUsage", usage, minimum=0) if usage else None
+    if feature_id is not None:
         check = CheckRequest(state.customer_id, feature_id, state.resource_id, requested)
         entitlement = state.entitlements.get(feature_id)
         rendered = (

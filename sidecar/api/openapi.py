@@ -297,7 +297,7 @@ def _allows_null(schema: dict[str, Any]) -> bool:
 def _edge_paths() -> dict[str, Any]:
     """Stigg's edge reads (sidecar/api/edge.py): bodies are Stigg's GraphQL responses."""
     customer = _param("customerId", "path", "The customer's id in Stigg.")
-    resource = _param("resourceId", "query", "For multi-resource products.")
+    resource = _param("resourceId", "query", "For multi-resource products.", schema=_QUERY_ID)
     graphql_answer = {
         "200": {
             "description": "`{data}` as Stigg's edge answers, or `{errors}` (CustomerNotFound).",
@@ -317,9 +317,10 @@ def _edge_paths() -> dict[str, Any]:
         }
 
     number = {"type": "number", "minimum": 0}
-    flag = {"type": "string", "enum": ["true", "false"]}
+    # Read case-insensitively; empty or "undefined" (what a JS SDK may send) is absent.
+    flag = {"type": "string", "pattern": "^(?i:true|false|undefined)?$"}
     paywall = (
-        _param("billingCountryCode", "query", "Prices for this country."),
+        _param("billingCountryCode", "query", "Prices for this country.", schema=_QUERY_ID),
         _param("fetchAllCountriesPrices", "query", "Every country's prices.", schema=flag),
         _param("includeHiddenPlans", "query", "Hidden plans too.", schema=flag),
     )
@@ -329,8 +330,10 @@ def _edge_paths() -> dict[str, Any]:
             "Entitlements from the cache; with featureId one (`data.entitlement`).",
             customer,
             resource,
-            _param("featureId", "query", "One feature only."),
-            _param("requestedUsage", "query", "With featureId.", schema=number),
+            _param("featureId", "query", "One feature only.", schema=_QUERY_ID),
+            _param(
+                "requestedUsage", "query", "With featureId.", schema={"anyOf": [number, _EMPTY]}
+            ),
         ),
         "/v1/c/{customerId}/entitlements-state.json": read(
             "edgeEntitlementsState", "entitlementsState, from the cache.", customer, resource

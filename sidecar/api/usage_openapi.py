@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from sidecar.validation import id_schema
 
 JSON = "application/json"
 _ID = id_schema()
-_DATE_TIME = {"type": "string", "format": "date-time", "pattern": r"^(1\d{3}|20\d\d)-"}
+
+
+def _years_up_to(last: int) -> str:
+    """A pattern of the years 1000 to ``last`` at the start of a date."""
+    decade, digit = divmod(last, 10)
+    decades = [rf"{d}\d" for d in range(200, decade)]
+    return "^(" + "|".join([r"1\d{3}", *decades, f"{decade}[0-{digit}]"]) + ")-"
+
+
+# Reports happened in the past: a date of a later year is refused (a few minutes of clock skew
+# are allowed within this year, which a pattern cannot say).
+_DATE_TIME = {
+    "type": "string",
+    "format": "date-time",
+    "pattern": _years_up_to(datetime.now(UTC).year),
+}
 _DEAD_LETTER_ID = {"type": "string", "pattern": r"^[0-9]{1,18}(-[0-9]{1,18})?$"}
 _EMPTY = {"type": "string", "maxLength": 0}  # an empty query parameter reads as absent
 _DIMENSIONS = {
@@ -125,7 +141,8 @@ USAGE_SCHEMAS: dict[str, Any] = {
         "required": ["eventName", "customerId"],
         "additionalProperties": False,
         "properties": {
-            "eventName": {"type": "string", "minLength": 1, "maxLength": 255},
+            # At least one character that is not white space (as the API checks it).
+            "eventName": {"type": "string", "pattern": r"\S", "maxLength": 255},
             "customerId": _ID,
             "idempotencyKey": {
                 "type": "string",
@@ -269,7 +286,9 @@ def usage_paths() -> dict[str, Any]:
                         "name": "kind",
                         "in": "query",
                         "required": False,
-                        "schema": {"type": "string", "enum": ["usage", "event"]},
+                        "schema": {
+                            "anyOf": [{"type": "string", "enum": ["usage", "event"]}, _EMPTY]
+                        },
                     },
                     {
                         "name": "limit",
