@@ -28,6 +28,7 @@ def test_schemathesis_default_checks_pass(tmp_path: Path) -> None:
         "SIDECAR_DATA_DIR": str(tmp_path / "data"),
         "SIDECAR_MCP_ENABLED": "false",
         "SIDECAR_MANAGEMENT_ENABLED": "false",
+        "SIDECAR_GRPC_ENABLED": "false",  # its default port is fixed; not under test here
         "SIDECAR_LOGGING_LEVEL": "WARNING",
     }
     log = (tmp_path / "sidecar.log").open("w")
@@ -40,7 +41,11 @@ def test_schemathesis_default_checks_pass(tmp_path: Path) -> None:
     )
     url = f"http://127.0.0.1:{port}/openapi.json"
     try:
-        eventually_blocking(lambda: _answers(url), 60, "sidecar --local did not start")
+        eventually_blocking(
+            lambda: sidecar.poll() is not None or _answers(url), 60, "sidecar did not start"
+        )
+        log.flush()
+        assert sidecar.poll() is None, (tmp_path / "sidecar.log").read_text()[-3000:]
         run = subprocess.run(
             [
                 schemathesis,
