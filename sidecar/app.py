@@ -299,10 +299,11 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> web.A
 def _unwind_on_failed_start(app: web.Application) -> None:
     """Close the contexts already entered when a later one fails to start.
 
-    aiohttp's ``run_app`` calls cleanup only after a successful start, so a failed one (a taken
-    MCP port, say) left the gRPC server, spool and background tasks open until the loop's
-    final sweep closed them in no order, which crashed CPython 3.11 now and then (SIGSEGV in
-    an async generator's athrow)."""
+    aiohttp's ``run_app`` and test server clean up only after a successful start, so a failed
+    one (a taken MCP port, say) left the gRPC server, spool and background tasks open until the
+    loop's final sweep closed them in no order, which crashed CPython 3.11 now and then
+    (SIGSEGV in an async generator's athrow). ``python -m sidecar`` cleans up its runner
+    however the start ends as well; a second cleanup finds nothing left to close."""
     contexts = app.cleanup_ctx
 
     async def start(app: web.Application) -> None:
