@@ -12,10 +12,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from stigg_sidecar_sdk import AccessDeniedReason as Reason
@@ -54,6 +56,8 @@ from tests.conftest import API_KEY, REPO, free_port, sidecar_settings, start_sid
 from tests.integration.test_api_e2e import emulator_usage, wait_for_usage
 
 Client = TestClient[web.Request, web.Application]
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 pytestmark = pytest.mark.integration
 
 
@@ -428,6 +432,50 @@ async def test_outage_checks_fall_back_and_usage_is_delivered_once(
     await wait_for_usage(emulator, "customer-free", "feature-api-calls", before + 1)
     await asyncio.sleep(0.3)  # and not again
     assert await emulator_usage(emulator, "customer-free", "feature-api-calls") == before + 1
+
+
+# --- health follows readiness ------------------------------------------------------------------
+
+
+async def _health(client: Client) -> list[Any]:
+    """gRPC health (``grpc.health.v1``, as kubelet's grpc probe asks) of the server and of the
+    sidecar service."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{client.app[GRPC].port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        return [
+            (await stub.Check(health_pb2.HealthCheckRequest(service=name))).status
+            for name in ("", "stigg.sidecar.v1.SidecarService")
+        ]
+
+
+async def test_health_follows_readiness_and_turns_not_serving_when_the_drain_begins(
+    emulator: EmulatorServer,
+) -> None:
+    """NOT_SERVING while Stigg has not answered and nothing is cached or configured to fall
+    back on (as /readyz), SERVING once it has, NOT_SERVING as soon as shutdown begins while
+    calls are still answered."""
+    await admin(emulator, "POST", "/admin/faults", json={"status": 503})
+    client = await start_sidecar(sidecar_settings(emulator.url, max_retries=0))
+    stigg = sdk_for(client)
+    request = GetBooleanEntitlementRequest(customer_id="customer-demo", feature_id="feature-sso")
+    try:
+        assert await _health(client) == [NOT_SERVING, NOT_SERVING]
+        assert (await stigg.get_boolean_entitlement(request)).is_fallback is True
+        await admin(emulator, "DELETE", "/admin/faults")
+        assert await _health(client) == [SERVING, SERVING]
+        assert (await stigg.get_boolean_entitlement(request)).has_access is True
+        # Stigg down again: still ready (latched, as /readyz), answering from the cache.
+        await admin(emulator, "POST", "/admin/faults", json={"status": 503})
+        assert await _health(client) == [SERVING, SERVING]
+        await admin(emulator, "DELETE", "/admin/faults")
+        # SIGTERM's drain begins with the app's shutdown; the gRPC server stops only later.
+        await client.app.shutdown()
+        assert await _health(client) == [NOT_SERVING, NOT_SERVING]
+        assert (await stigg.get_boolean_entitlement(request)).has_access is True
+    finally:
+        await admin(emulator, "DELETE", "/admin/faults")
+        stigg.close()
+        await client.close()
 
 
 # --- bearer token ------------------------------------------------------------------------------
