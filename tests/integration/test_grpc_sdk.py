@@ -49,9 +49,13 @@ from stigg_sidecar_sdk import (
 from stigg_sidecar_sdk import EntitlementResetPeriod as ResetPeriod
 from stigg_sidecar_sdk import FeatureType as SdkFeatureType
 
+from sidecar.api.grpc import service
+from sidecar.api.management import METRICS
 from sidecar.app import GRPC
 from sidecar.config import Secret, UsageSettings
 from sidecar.emulator import EmulatorServer
+from sidecar.fault_log import FaultLog
+from sidecar.services import SERVICES
 from tests.conftest import API_KEY, REPO, free_port, sidecar_settings, start_sidecar
 from tests.integration.test_api_e2e import emulator_usage, wait_for_usage
 
@@ -432,6 +436,42 @@ async def test_outage_checks_fall_back_and_usage_is_delivered_once(
     await wait_for_usage(emulator, "customer-free", "feature-api-calls", before + 1)
     await asyncio.sleep(0.3)  # and not again
     assert await emulator_usage(emulator, "customer-free", "feature-api-calls") == before + 1
+
+
+# --- a bug in a handler --------------------------------------------------------------------------
+
+
+async def test_unhandled_error_is_internal_logged_once_per_interval_with_a_count_and_counted(
+    sidecar: Client, stigg: Stigg, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(service, "_faults", FaultLog(service.log, 60, lambda: now[0]))
+
+    async def broken(*args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(sidecar.app[SERVICES].entitlements, "check_rendered", broken)
+    request = GetBooleanEntitlementRequest(customer_id="customer-demo", feature_id="feature-sso")
+
+    async def fails() -> None:
+        with pytest.raises(GRPCError) as raised:
+            await stigg.get_boolean_entitlement(request)
+        assert raised.value.status == Status.INTERNAL
+        assert raised.value.message == "internal error; see the sidecar's log"
+
+    for _ in range(5):
+        await fails()
+    now[0] += 61
+    await fails()
+    lines = [r for r in caplog.records if r.name == service.log.name and r.levelname == "ERROR"]
+    assert [r.exc_info for r in lines] == [None, None]  # no traceback
+    assert "unhandled error in gRPC GetBooleanEntitlement: RuntimeError('a bug') at " in (
+        lines[0].getMessage()
+    )
+    assert "(and 4 more times in the last 61s)" in lines[1].getMessage()
+    metrics = (await sidecar.app[METRICS].render()).decode()
+    counted = 'stigg_sidecar_grpc_unhandled_errors_total{method="GetBooleanEntitlement"} 6.0'
+    assert counted in metrics
 
 
 # --- health follows readiness ------------------------------------------------------------------
