@@ -39,6 +39,7 @@ from stigg_sidecar_sdk import (
     GetNumericEntitlementRequest,
     MeteredEntitlementFallback,
     MeteredEntitlementOptions,
+    MeterType,
     ReloadEntitlementsRequest,
     ReportEventsRequest,
     ReportUsageBulkRequest,
@@ -173,6 +174,34 @@ async def test_get_entitlement_picks_the_type(stigg: Stigg) -> None:
     )
     assert v2.entitlement.has_access is True
     assert v2.entitlement.boolean.feature.id == "feature-sso"
+
+
+async def test_feature_meter_type_as_the_catalog_has_it(stigg: Stigg) -> None:
+    """``EntitlementFeature.meter_type``: NONE for unmetered features, the feature's meter for
+    metered ones (Incremental calls, Fluctuating seats), in every kind of answer."""
+    calls = await stigg.get_metered_entitlement(
+        GetMeteredEntitlementRequest(customer_id="customer-demo", feature_id="feature-api-calls")
+    )
+    assert calls.entitlement.feature.meter_type == MeterType.METER_TYPE_INCREMENTAL
+    seats = await stigg.get_entitlement(
+        GetEntitlementRequest(customer_id="customer-demo", feature_id="feature-seats")
+    )
+    assert seats.metered.feature.meter_type == MeterType.METER_TYPE_FLUCTUATING
+    listing = await stigg.get_entitlements(GetEntitlementsRequest(customer_id="customer-demo"))
+    meters = {}
+    for item in listing.entitlements:
+        for kind in ("boolean", "numeric", "metered", "enum"):
+            field = getattr(item, kind)
+            if field is not None and field.feature is not None:
+                meters[field.feature.id] = field.feature.meter_type
+    assert meters == {
+        "feature-sso": MeterType.METER_TYPE_NONE,
+        "feature-max-projects": MeterType.METER_TYPE_NONE,
+        "feature-api-calls": MeterType.METER_TYPE_INCREMENTAL,
+        "feature-seats": MeterType.METER_TYPE_FLUCTUATING,
+        "feature-storage-gb": MeterType.METER_TYPE_INCREMENTAL,
+        "feature-region": MeterType.METER_TYPE_NONE,
+    }
 
 
 async def test_all_entitlements(stigg: Stigg) -> None:
