@@ -125,6 +125,9 @@ def bind_unix_socket(path: str) -> socket.socket:
 # aiohttp's default of 128 drops connections when a thousand app workers open theirs at once
 # (bench/stampede.py); they would wait a SYN retry, about a second.
 BACKLOG = 4096
+# Idle keep-alive connections from the app's pool are closed after this long (run_app's
+# default, which the API had before; the runner's own is an hour).
+KEEPALIVE_SECONDS = 75.0
 
 
 def serve(settings: Settings, unix: socket.socket | None) -> None:
@@ -165,7 +168,11 @@ async def run(app: web.Application, settings: Settings, unix: socket.socket | No
         loop.add_signal_handler(signum, stop.set)
     server = settings.server
     runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=server.shutdown_timeout_seconds
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=server.shutdown_timeout_seconds,
+        keepalive_timeout=KEEPALIVE_SECONDS,
     )
     try:
         await runner.setup()

@@ -39,6 +39,7 @@ class ReadinessHealth(health.aio.HealthServicer):
         self._stopping = False
 
     async def start_unready(self) -> None:
+        """NOT_SERVING until readiness is first asked and says yes."""
         for name in _HEALTH_NAMES:
             await self.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
