@@ -28,6 +28,8 @@ def test_schemathesis_default_checks_pass(tmp_path: Path) -> None:
         "SIDECAR_DATA_DIR": str(tmp_path / "data"),
         "SIDECAR_MCP_ENABLED": "false",
         "SIDECAR_MANAGEMENT_ENABLED": "false",
+        # Not the default 50051: another test run may hold it (it failed to start then).
+        "SIDECAR_GRPC_PORT": str(free_port()),
         "SIDECAR_LOGGING_LEVEL": "WARNING",
     }
     log = (tmp_path / "sidecar.log").open("w")
