@@ -102,7 +102,7 @@ class ServerSettings:
     )
     max_connections: int = field(
         default=4096,
-        metadata=_meta("TCP connections the API port holds at once; more are refused.", minimum=1),
+        metadata=_meta("Connections the API holds at once; more TCP ones are refused.", minimum=1),
     )
 
 
