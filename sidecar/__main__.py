@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
 import stat
 import sys
@@ -17,7 +19,7 @@ from aiohttp import web
 from sidecar import __version__, logs
 from sidecar.app import create_app
 from sidecar.config import ConfigError, Settings, StartupError, load_settings
-from sidecar.listeners import RESERVE, raise_open_file_limit
+from sidecar.listeners import RESERVE, CappedTCPSite, raise_open_file_limit
 
 DEFAULT_CATALOG = Path("config/catalog.yaml")
 _PACKAGED_CATALOG = "sidecar.emulator"
@@ -120,48 +122,87 @@ def bind_unix_socket(path: str) -> socket.socket:
     return sock
 
 
+# aiohttp's default of 128 drops connections when a thousand app workers open theirs at once
+# (bench/stampede.py); they would wait a SYN retry, about a second.
+BACKLOG = 4096
+# Idle keep-alive connections from the app's pool are closed after this long (run_app's
+# default, which the API had before; the runner's own is an hour).
+KEEPALIVE_SECONDS = 75.0
+
+
 def serve(settings: Settings, unix: socket.socket | None) -> None:
     """Serve until SIGINT/SIGTERM; one line on stderr and exit 1 if that cannot start."""
-    loop = None
+    loop_factory = None
     if settings.server.event_loop == "uvloop":
         import uvloop
 
-        loop = uvloop.new_event_loop()
+        loop_factory = uvloop.new_event_loop
     raise_open_file_limit(
         RESERVE
+        + settings.server.max_connections
         + settings.stigg.max_connections
         + (settings.management.max_connections if settings.management.enabled else 0)
         + (settings.mcp.max_connections if settings.mcp.enabled else 0)
     )
     app = create_app(settings)
     try:
-        web.run_app(
-            app,
-            loop=loop,
-            host=settings.server.host,
-            port=settings.server.port,
-            shutdown_timeout=settings.server.shutdown_timeout_seconds,
-            sock=[unix] if unix is not None else None,
-            print=lambda _: logging.getLogger("sidecar").info(
-                "stigg-sidecar %s listening on http://%s:%d%s",
-                __version__,
-                settings.server.host,
-                settings.server.port,
-                f" and unix:{settings.server.unix_socket}" if unix is not None else "",
-            ),
-            access_log=None,
-            # aiohttp's default of 128 drops connections when a thousand app workers open
-            # theirs at once (bench/stampede.py); they would wait a SYN retry, about a second.
-            backlog=4096,
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(run(app, settings, unix))
+    except (OSError, StartupError) as exc:
+        # A port already taken, or a StartupError from a cleanup context (say the MCP port):
+        # one line, no traceback.
+        print(f"stigg-sidecar: cannot start: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+async def run(app: web.Application, settings: Settings, unix: socket.socket | None) -> None:
+    """Serve ``app`` until SIGINT/SIGTERM, then drain for ``server.shutdownTimeoutSeconds``.
+
+    Our own rather than ``web.run_app``: its TCP site cannot be capped (``server.maxConnections``),
+    and it skips cleanup when startup fails, leaving the contexts already entered open. Here the
+    runner is cleaned up however the start ends: contexts entered are closed in reverse order.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    server = settings.server
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=server.shutdown_timeout_seconds,
+        keepalive_timeout=KEEPALIVE_SECONDS,
+    )
+    try:
+        await runner.setup()
+        sites: list[web.BaseSite] = [
+            CappedTCPSite(
+                runner,
+                server.host,
+                server.port,
+                max_connections=server.max_connections,
+                name="API",
+                backlog=BACKLOG,
+            )
+        ]
+        if unix is not None:
+            sites.append(web.SockSite(runner, unix, backlog=BACKLOG))
+        for site in sites:
+            await site.start()
+        logging.getLogger("sidecar").info(
+            "stigg-sidecar %s listening on http://%s:%d%s",
+            __version__,
+            server.host,
+            server.port,
+            f" and unix:{server.unix_socket}" if unix is not None else "",
         )
-    except OSError as exc:
-        # A port already taken: one line, no traceback.
-        print(f"stigg-sidecar: cannot start: {exc}", file=sys.stderr)
-        sys.exit(1)
-    except StartupError as exc:
-        # Raised from a cleanup context before anything serves: one line, no traceback.
-        print(f"stigg-sidecar: cannot start: {exc}", file=sys.stderr)
-        sys.exit(1)
+        await stop.wait()
+    finally:
+        # The handlers stay through the drain: a second signal does not cut it short.
+        await runner.cleanup()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from sidecar.api.management import (
     Management,
     begin_shutdown,
     management_ctx,
+    readiness,
     use_redis_for_readiness,
 )
 from sidecar.api.observe import bearer_middleware, observe_middleware
@@ -232,11 +233,23 @@ async def _grpc_ctx(app: web.Application) -> AsyncIterator[None]:
         token=settings.auth_token,
         max_reports=settings.usage.max_reports_per_request,
         registry=app[METRICS].registry,
+        ready=functools.partial(_is_ready, app),
     )
     try:
         yield
     finally:
         await listener.stop(settings.server.shutdown_timeout_seconds)
+
+
+async def _is_ready(app: web.Application) -> bool:
+    ready, _ = await readiness(app)
+    return ready
+
+
+async def _grpc_unready(app: web.Application) -> None:
+    # At the start of the drain, as /readyz: no new gRPC traffic is routed here from now on.
+    if GRPC in app:
+        await app[GRPC].unready()
 
 
 async def _openapi(request: web.Request) -> web.Response:
@@ -274,6 +287,7 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> web.A
     app.on_shutdown.append(_stop_accepting_usage)
     if settings.grpc.enabled:
         app.cleanup_ctx.append(_grpc_ctx)
+        app.on_shutdown.append(_grpc_unready)
     if settings.redis_url is not None:
         app.cleanup_ctx.append(_replication_ctx)
     if realtime_link:
@@ -299,10 +313,11 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> web.A
 def _unwind_on_failed_start(app: web.Application) -> None:
     """Close the contexts already entered when a later one fails to start.
 
-    aiohttp's ``run_app`` calls cleanup only after a successful start, so a failed one (a taken
-    MCP port, say) left the gRPC server, spool and background tasks open until the loop's
-    final sweep closed them in no order, which crashed CPython 3.11 now and then (SIGSEGV in
-    an async generator's athrow)."""
+    aiohttp's ``run_app`` and test server clean up only after a successful start, so a failed
+    one (a taken MCP port, say) left the gRPC server, spool and background tasks open until the
+    loop's final sweep closed them in no order, which crashed CPython 3.11 now and then
+    (SIGSEGV in an async generator's athrow). ``python -m sidecar`` cleans up its runner
+    however the start ends as well; a second cleanup finds nothing left to close."""
     contexts = app.cleanup_ctx
 
     async def start(app: web.Application) -> None:

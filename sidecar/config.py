@@ -100,6 +100,10 @@ class ServerSettings:
         default="",
         metadata=_meta("Also serve the API on this Unix socket path (empty: no socket)."),
     )
+    max_connections: int = field(
+        default=4096,
+        metadata=_meta("Connections the API holds at once; more TCP ones are refused.", minimum=1),
+    )
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@ With the common ``nofile`` of 1,024, a thousand idle connections to the manageme
 listens on 0.0.0.0 without authentication) used to exhaust the process's descriptors: every
 listener stopped accepting and new fetches to Stigg failed. So the soft limit is raised to the
 hard one, the management and MCP listeners hold at most a few dozen connections each (refusing
-the rest at once) and close idle ones after a few seconds, and what is left, the reserve, stays
-for the API, the pool to Stigg, Redis and the spool.
+the rest at once) and close idle ones after a few seconds, the API port holds at most
+``server.maxConnections``, and what is left, the reserve, stays for the pool to Stigg, Redis
+and the spool.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import logging
 import resource
 from collections.abc import Callable
+from typing import cast
 
 from aiohttp import web
 
@@ -57,8 +59,9 @@ class _Refusal(asyncio.Protocol):
     """A connection over the cap: a 503 in our error shape, then closed, holding nothing."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if isinstance(transport, asyncio.WriteTransport):
-            transport.write(REFUSAL)
+        # A cast, not an isinstance check: uvloop's TCP transport is no asyncio.WriteTransport
+        # subclass, and the check made the refusal a silent close under uvloop.
+        cast(asyncio.WriteTransport, transport).write(REFUSAL)
         transport.close()
 
 
@@ -86,9 +89,16 @@ class CappedTCPSite(web.TCPSite):
     """aiohttp's TCP site holding at most ``max_connections`` connections at once."""
 
     def __init__(
-        self, runner: web.BaseRunner, host: str, port: int, *, max_connections: int, name: str
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        *,
+        max_connections: int,
+        name: str,
+        backlog: int = 128,
     ) -> None:
-        super().__init__(runner, host, port, reuse_address=True)
+        super().__init__(runner, host, port, reuse_address=True, backlog=backlog)
         self._listen = (host, port)
         self._max_connections = max_connections
         self._listener = name
@@ -101,4 +111,6 @@ class CappedTCPSite(web.TCPSite):
             server, lambda: len(server.connections), self._max_connections, self._listener
         )
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(factory, *self._listen, reuse_address=True)
+        self._server = await loop.create_server(
+            factory, *self._listen, reuse_address=True, backlog=self._backlog
+        )

@@ -246,6 +246,13 @@ _SCHEMAS: dict[str, Any] = {
             "enumValues": _nullable({"type": "array", "items": {"type": "string"}}),
             "requestedValues": _nullable({"type": "array", "items": {"type": "string"}}),
             "resetPeriod": _nullable({"type": "string"}),
+            "meterType": _nullable(
+                {
+                    "type": "string",
+                    "description": "METERED: Incremental (usage adds up, reset each period) or"
+                    " Fluctuating (usage is a current level, such as seats).",
+                }
+            ),
             "usagePeriodStart": _nullable(_DATE_TIME),
             "usagePeriodEnd": _nullable(_DATE_TIME),
         },

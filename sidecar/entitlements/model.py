@@ -250,6 +250,7 @@ def blank_answer(request: CheckRequest) -> dict[str, Any]:
         "enumValues": None,
         "requestedValues": list(request.requested_values) if request.requested_values else None,
         "resetPeriod": None,
+        "meterType": None,
         "usagePeriodStart": None,
         "usagePeriodEnd": None,
     }
@@ -288,6 +289,7 @@ def _describe(fields: dict[str, Any], entitlement: FeatureEntitlement, now: floa
         fields["usageLimit"] = entitlement.usage_limit
         fields["currentUsage"] = _current_usage(entitlement, now) or 0.0
         fields["resetPeriod"] = entitlement.reset_period
+        fields["meterType"] = entitlement.meter_type
         start, end = entitlement.usage_period_start, entitlement.usage_period_end
         fields["usagePeriodStart"] = iso(start)
         fields["usagePeriodEnd"] = iso(end)

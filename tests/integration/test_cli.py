@@ -8,6 +8,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -176,3 +177,28 @@ def test_readme_names_the_two_commands() -> None:
     assert "uv run pytest" in text
     ci = (REPO / ".ci" / "run").read_text()
     assert "uv run pytest" in ci
+
+
+def test_taken_api_port_stops_startup_with_one_line_and_closes_what_started(
+    tmp_path: Path,
+) -> None:
+    """The API port is bound last, after the spool, gRPC and the other listeners started: they
+    are closed again (the spool's write-ahead log checkpointed away), not left to the exit."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = sidecar_env(
+            STIGG_API_KEY="sk-test-not-a-real-key-0123456789",
+            STIGG_API_URL=f"http://127.0.0.1:{free_port()}/graphql",
+            SIDECAR_DATA_DIR=str(tmp_path),
+        )
+        result = run_cli("--port", str(port), env=env)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("stigg-sidecar: cannot start: "), lines
+    assert "address already in use" in lines[-1]
+    files = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
+    assert "usage-spool.sqlite3" in files
+    assert "usage-spool.sqlite3-wal" not in files, files  # closed, not abandoned

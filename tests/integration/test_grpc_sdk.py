@@ -12,10 +12,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from stigg_sidecar_sdk import AccessDeniedReason as Reason
@@ -37,6 +39,7 @@ from stigg_sidecar_sdk import (
     GetNumericEntitlementRequest,
     MeteredEntitlementFallback,
     MeteredEntitlementOptions,
+    MeterType,
     ReloadEntitlementsRequest,
     ReportEventsRequest,
     ReportUsageBulkRequest,
@@ -47,13 +50,19 @@ from stigg_sidecar_sdk import (
 from stigg_sidecar_sdk import EntitlementResetPeriod as ResetPeriod
 from stigg_sidecar_sdk import FeatureType as SdkFeatureType
 
+from sidecar.api.grpc import service
+from sidecar.api.management import METRICS
 from sidecar.app import GRPC
 from sidecar.config import Secret, UsageSettings
 from sidecar.emulator import EmulatorServer
+from sidecar.fault_log import FaultLog
+from sidecar.services import SERVICES
 from tests.conftest import API_KEY, REPO, free_port, sidecar_settings, start_sidecar
 from tests.integration.test_api_e2e import emulator_usage, wait_for_usage
 
 Client = TestClient[web.Request, web.Application]
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 pytestmark = pytest.mark.integration
 
 
@@ -165,6 +174,34 @@ async def test_get_entitlement_picks_the_type(stigg: Stigg) -> None:
     )
     assert v2.entitlement.has_access is True
     assert v2.entitlement.boolean.feature.id == "feature-sso"
+
+
+async def test_feature_meter_type_as_the_catalog_has_it(stigg: Stigg) -> None:
+    """``EntitlementFeature.meter_type``: NONE for unmetered features, the feature's meter for
+    metered ones (Incremental calls, Fluctuating seats), in every kind of answer."""
+    calls = await stigg.get_metered_entitlement(
+        GetMeteredEntitlementRequest(customer_id="customer-demo", feature_id="feature-api-calls")
+    )
+    assert calls.entitlement.feature.meter_type == MeterType.METER_TYPE_INCREMENTAL
+    seats = await stigg.get_entitlement(
+        GetEntitlementRequest(customer_id="customer-demo", feature_id="feature-seats")
+    )
+    assert seats.metered.feature.meter_type == MeterType.METER_TYPE_FLUCTUATING
+    listing = await stigg.get_entitlements(GetEntitlementsRequest(customer_id="customer-demo"))
+    meters = {}
+    for item in listing.entitlements:
+        for kind in ("boolean", "numeric", "metered", "enum"):
+            field = getattr(item, kind)
+            if field is not None and field.feature is not None:
+                meters[field.feature.id] = field.feature.meter_type
+    assert meters == {
+        "feature-sso": MeterType.METER_TYPE_NONE,
+        "feature-max-projects": MeterType.METER_TYPE_NONE,
+        "feature-api-calls": MeterType.METER_TYPE_INCREMENTAL,
+        "feature-seats": MeterType.METER_TYPE_FLUCTUATING,
+        "feature-storage-gb": MeterType.METER_TYPE_INCREMENTAL,
+        "feature-region": MeterType.METER_TYPE_NONE,
+    }
 
 
 async def test_all_entitlements(stigg: Stigg) -> None:
@@ -428,6 +465,86 @@ async def test_outage_checks_fall_back_and_usage_is_delivered_once(
     await wait_for_usage(emulator, "customer-free", "feature-api-calls", before + 1)
     await asyncio.sleep(0.3)  # and not again
     assert await emulator_usage(emulator, "customer-free", "feature-api-calls") == before + 1
+
+
+# --- a bug in a handler --------------------------------------------------------------------------
+
+
+async def test_unhandled_error_is_internal_logged_once_per_interval_with_a_count_and_counted(
+    sidecar: Client, stigg: Stigg, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(service, "_faults", FaultLog(service.log, 60, lambda: now[0]))
+
+    async def broken(*args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(sidecar.app[SERVICES].entitlements, "check_rendered", broken)
+    request = GetBooleanEntitlementRequest(customer_id="customer-demo", feature_id="feature-sso")
+
+    async def fails() -> None:
+        with pytest.raises(GRPCError) as raised:
+            await stigg.get_boolean_entitlement(request)
+        assert raised.value.status == Status.INTERNAL
+        assert raised.value.message == "internal error; see the sidecar's log"
+
+    for _ in range(5):
+        await fails()
+    now[0] += 61
+    await fails()
+    lines = [r for r in caplog.records if r.name == service.log.name and r.levelname == "ERROR"]
+    assert [r.exc_info for r in lines] == [None, None]  # no traceback
+    assert "unhandled error in gRPC GetBooleanEntitlement: RuntimeError('a bug') at " in (
+        lines[0].getMessage()
+    )
+    assert "(and 4 more times in the last 61s)" in lines[1].getMessage()
+    metrics = (await sidecar.app[METRICS].render()).decode()
+    counted = 'stigg_sidecar_grpc_unhandled_errors_total{method="GetBooleanEntitlement"} 6.0'
+    assert counted in metrics
+
+
+# --- health follows readiness ------------------------------------------------------------------
+
+
+async def _health(client: Client) -> list[Any]:
+    """gRPC health (``grpc.health.v1``, as kubelet's grpc probe asks) of the server and of the
+    sidecar service."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{client.app[GRPC].port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        return [
+            (await stub.Check(health_pb2.HealthCheckRequest(service=name))).status
+            for name in ("", "stigg.sidecar.v1.SidecarService")
+        ]
+
+
+async def test_health_follows_readiness_and_turns_not_serving_when_the_drain_begins(
+    emulator: EmulatorServer,
+) -> None:
+    """NOT_SERVING while Stigg has not answered and nothing is cached or configured to fall
+    back on (as /readyz), SERVING once it has, NOT_SERVING as soon as shutdown begins while
+    calls are still answered."""
+    await admin(emulator, "POST", "/admin/faults", json={"status": 503})
+    client = await start_sidecar(sidecar_settings(emulator.url, max_retries=0))
+    stigg = sdk_for(client)
+    request = GetBooleanEntitlementRequest(customer_id="customer-demo", feature_id="feature-sso")
+    try:
+        assert await _health(client) == [NOT_SERVING, NOT_SERVING]
+        assert (await stigg.get_boolean_entitlement(request)).is_fallback is True
+        await admin(emulator, "DELETE", "/admin/faults")
+        assert await _health(client) == [SERVING, SERVING]
+        assert (await stigg.get_boolean_entitlement(request)).has_access is True
+        # Stigg down again: still ready (latched, as /readyz), answering from the cache.
+        await admin(emulator, "POST", "/admin/faults", json={"status": 503})
+        assert await _health(client) == [SERVING, SERVING]
+        await admin(emulator, "DELETE", "/admin/faults")
+        # SIGTERM's drain begins with the app's shutdown; the gRPC server stops only later.
+        await client.app.shutdown()
+        assert await _health(client) == [NOT_SERVING, NOT_SERVING]
+        assert (await stigg.get_boolean_entitlement(request)).has_access is True
+    finally:
+        await admin(emulator, "DELETE", "/admin/faults")
+        stigg.close()
+        await client.close()
 
 
 # --- bearer token ------------------------------------------------------------------------------

@@ -204,6 +204,12 @@ _FEATURE_TYPES = {
 }
 
 
+_METER_TYPES = {
+    "Incremental": pb.METER_TYPE_INCREMENTAL,
+    "Fluctuating": pb.METER_TYPE_FLUCTUATING,
+}
+
+
 @functools.lru_cache(maxsize=4096)
 def _seconds_and_nanos(iso: str) -> tuple[int, int]:
     """Cached: the same few period boundaries come with every check (parsing costs 30 us)."""
@@ -227,6 +233,8 @@ def _feature(answer: Mapping[str, Any], feature: pb.EntitlementFeature) -> None:
     feature.is_metered = kind == "METERED"
     if kind in ("BOOLEAN", "NUMERIC", "ENUM"):
         feature.meter_type = pb.METER_TYPE_NONE
+    elif kind == "METERED":
+        feature.meter_type = _METER_TYPES.get(answer["meterType"], pb.METER_TYPE_UNSPECIFIED)
 
 
 def boolean(answer: Mapping[str, Any], out: pb.BooleanEntitlement) -> None:

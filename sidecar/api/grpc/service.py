@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ from sidecar.api.grpc import convert
 from sidecar.api.grpc import sidecar_v1_pb2 as pb
 from sidecar.config import Secret
 from sidecar.entitlements.model import CheckRequest
+from sidecar.fault_log import FaultLog
 from sidecar.metrics import HTTP_BUCKETS, PREFIX
 from sidecar.services import Services
 from sidecar.upstream.errors import UpstreamError
@@ -31,6 +33,7 @@ from sidecar.usage.service import UsageUnavailable
 from sidecar.validation import ValidationError
 
 log = logging.getLogger(__name__)
+_faults = FaultLog(log)
 
 SERVICE_NAME = "stigg.sidecar.v1.SidecarService"
 CUSTOMER_NOT_FOUND = "CustomerNotFound"
@@ -230,8 +233,9 @@ def _customer_reason(listing: dict[str, Any], out: Any) -> None:
 # --- errors, metrics and the bearer token ---------------------------------------------------
 
 
-def status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:
-    """The gRPC status a failed call answers, as the REST API maps the same failure."""
+def status_of(exc: Exception) -> tuple[grpc.StatusCode, str] | None:
+    """The gRPC status a failed call answers, as the REST API maps the same failure; None for
+    an error no status was planned for (a bug)."""
     if isinstance(exc, ValidationError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     if isinstance(exc, UsageUnavailable):
@@ -240,8 +244,22 @@ def status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:
         log.warning("stigg %s failed: %s (%s)", exc.operation, exc.code, exc.message)
         failure = describe_upstream_error(exc)
         return _HTTP_TO_GRPC.get(failure.status, grpc.StatusCode.INTERNAL), failure.message
-    log.error("unhandled error in a gRPC call", exc_info=exc)
-    return grpc.StatusCode.INTERNAL, "internal error; see the sidecar's log"
+    return None
+
+
+def log_unhandled(method: str, exc: Exception) -> None:
+    """One line per method and error type per interval, with a count and where it was raised:
+    a bug hit on every call must not flood the log with tracebacks."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+    _faults.log(
+        f"{method}:{type(exc).__name__}",
+        logging.ERROR,
+        "unhandled error in gRPC %s: %r at %s",
+        method,
+        exc,
+        where,
+    )
 
 
 class GrpcMetrics:
@@ -264,6 +282,13 @@ class GrpcMetrics:
             registry=registry,
         )
         self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self.unhandled_errors = Counter(
+            f"{PREFIX}_grpc_unhandled_errors",
+            "gRPC calls that failed with an error no status was planned for (a bug; see the "
+            "log), by method.",
+            ["method"],
+            registry=registry,
+        )
 
     def observe(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
         key = (method, code.name)
@@ -299,7 +324,12 @@ def guarded(
         try:
             answer = await method(request)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status, none a crash
-            code, message = status_of(exc)
+            status = status_of(exc)
+            if status is None:
+                log_unhandled(name, exc)
+                metrics.unhandled_errors.labels(name).inc()
+                status = grpc.StatusCode.INTERNAL, "internal error; see the sidecar's log"
+            code, message = status
             metrics.observe(name, code, time.perf_counter() - started)
             await context.abort(code, message)
         metrics.observe(name, grpc.StatusCode.OK, time.perf_counter() - started)
