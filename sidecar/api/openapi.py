@@ -6,8 +6,13 @@ from functools import cache
 from typing import Any
 
 from sidecar import __version__
-from sidecar.api.usage_openapi import USAGE_SCHEMAS, usage_paths
-from sidecar.validation import id_schema
+from sidecar.api.usage_openapi import USAGE_MODELS, USAGE_SCHEMAS, usage_paths
+from sidecar.provisioning import (
+    CancelSubscriptionRequest,
+    ProvisionCustomerRequest,
+    ProvisionSubscriptionRequest,
+)
+from sidecar.validation import id_schema, schema_components
 
 JSON = "application/json"
 
@@ -84,16 +89,6 @@ def _param(
     }
 
 
-_SUBSCRIPTION_PROPS: dict[str, Any] = {
-    "planId": {**_ID, "description": "The plan's id in Stigg."},
-    "billingPeriod": {"type": "string", "enum": ["MONTHLY", "ANNUALLY"]},
-    "unitQuantity": {"type": "number", "minimum": 1},
-    "resourceId": {**_ID, "description": "For multi-resource products."},
-    "subscriptionId": {**_ID, "description": "Your id for the new subscription."},
-    "additionalMetaData": _OBJECT,
-    "startDate": _DATE_TIME,
-}
-
 _SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object",
@@ -109,24 +104,6 @@ _SCHEMAS: dict[str, Any] = {
                     "stiggCode": _string("Stigg's own error code, when Stigg answered one."),
                 },
             }
-        },
-    },
-    "ProvisionCustomerRequest": {
-        "type": "object",
-        "required": ["customerId"],
-        "additionalProperties": False,
-        "properties": {
-            "customerId": _ID,
-            "name": {"type": "string", "maxLength": 500},
-            "email": {"type": "string", "maxLength": 320},
-            "billingId": {"type": "string", "maxLength": 255},
-            "additionalMetaData": _OBJECT,
-            "subscriptionParams": {
-                "type": "object",
-                "required": ["planId"],
-                "additionalProperties": False,
-                "properties": _SUBSCRIPTION_PROPS,
-            },
         },
     },
     "Customer": {
@@ -149,23 +126,6 @@ _SCHEMAS: dict[str, Any] = {
             "customer": _ref("Customer"),
             "subscription": _nullable(_ref("Subscription")),
             "subscriptionDecisionStrategy": {"type": "string"},
-        },
-    },
-    "ProvisionSubscriptionRequest": {
-        "type": "object",
-        "required": ["customerId", "planId"],
-        "additionalProperties": False,
-        "properties": {"customerId": _ID, **_SUBSCRIPTION_PROPS},
-    },
-    "CancelSubscriptionRequest": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "cancellationTime": {
-                "type": "string",
-                "enum": ["IMMEDIATE", "END_OF_BILLING_PERIOD", "SPECIFIC_DATE"],
-            },
-            "endDate": _DATE_TIME,
         },
     },
     "Subscription": {
@@ -521,7 +481,15 @@ def openapi_document() -> dict[str, Any]:
     }
     paths.update(_edge_paths())
     paths.update(usage_paths())
-    schemas = {**_SCHEMAS, **USAGE_SCHEMAS}
+    requests = schema_components(
+        [
+            ProvisionCustomerRequest,
+            ProvisionSubscriptionRequest,
+            CancelSubscriptionRequest,
+            *USAGE_MODELS,
+        ]
+    )
+    schemas = {**_SCHEMAS, **USAGE_SCHEMAS, **requests}
     for schema in schemas.values():
         _null_means_absent(schema)
     return {

@@ -1,32 +1,136 @@
-"""Usage reports and raw events as the sidecar accepts them, validated, as they are spooled,
-and as Stigg wants them."""
+"""Usage reports and raw events: the request models (the one definition validation, OpenAPI and
+the MCP tool schema come from), the validated reports, as they are spooled and as Stigg wants
+them."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, WithJsonSchema
 
 from sidecar.timestamps import format_iso as iso
-from sidecar.validation import Fields, ValidationError, check_number
+from sidecar.validation import (
+    Id,
+    Model,
+    PastTimestamp,
+    ValidationError,
+    check_number,
+    checked,
+    validate,
+)
 
 Kind = Literal["usage", "event"]
 KINDS: tuple[Kind, ...] = ("usage", "event")
 
 UPDATE_BEHAVIORS = ("DELTA", "SET")
 MAX_DIMENSION_VALUE_LENGTH = 1000
+MAX_EVENT_NAME_LENGTH = 255
 
-_FIELDS = (
-    "customerId",
-    "featureId",
-    "value",
-    "resourceId",
-    "updateBehavior",
-    "idempotencyKey",
-    "timestamp",
-    "dimensions",
-)
+
+def _dimension(value: Any) -> str | float | bool | None:
+    if isinstance(value, str):
+        if len(value) > MAX_DIMENSION_VALUE_LENGTH:
+            raise ValidationError("", "is too long")
+        return value
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int | float):
+        check_number("", value)  # rejects NaN, Infinity and integers beyond a float
+        return value
+    raise ValidationError("", "must be a string, number or boolean")
+
+
+Dimensions = Annotated[
+    dict[
+        str,
+        Annotated[
+            str | float | bool | None,
+            checked(_dimension),
+            WithJsonSchema({"type": ["string", "number", "boolean", "null"]}),
+        ],
+    ],
+    Field(max_length=50, description="Extra attributes of the usage (at most 50)."),
+]
+IdempotencyKey = Annotated[
+    str,
+    Field(
+        max_length=255,
+        pattern=r"\S",
+        description="Repeat it to retry safely (remembered for 24 h); minted by the sidecar"
+        " (`sidecar-<uuid>`) when absent.",
+    ),
+]
+
+
+class Usage(Model):
+    """One usage report as ``POST /v1/usage``, gRPC and the ``report-usage`` tool take it."""
+
+    customer_id: Id
+    feature_id: Id
+    value: Annotated[float, Field(description="Finite; added (DELTA) or set (SET).")]
+    resource_id: Id | None = None
+    update_behavior: Annotated[
+        Literal["DELTA", "SET"] | None, Field(json_schema_extra={"default": "DELTA"})
+    ] = None
+    idempotency_key: IdempotencyKey | None = None
+    timestamp: Annotated[
+        PastTimestamp | None,
+        Field(description="When the usage happened; default: when the sidecar accepted it."),
+    ] = None
+    dimensions: Dimensions | None = None
+
+    def report(self) -> UsageReport:
+        """The validated report, its idempotency key minted when the app sent none."""
+        key = self.idempotency_key
+        return UsageReport(
+            customer_id=self.customer_id,
+            feature_id=self.feature_id,
+            value=float(self.value),
+            update_behavior=self.update_behavior or "DELTA",
+            idempotency_key=key if key is not None else f"sidecar-{uuid.uuid4()}",
+            key_from_client=key is not None,
+            resource_id=self.resource_id,
+            timestamp=self.timestamp,
+            dimensions=self.dimensions,  # type: ignore[arg-type]
+        )
+
+
+class UsageReportBatch(Model):
+    """Up to 1,000 reports (``maxReportsPerRequest``), stored all or none."""
+
+    usages: Annotated[list[Usage], Field(min_length=1, max_length=1000)]
+
+
+class Event(Model):
+    """One raw event for Stigg's meters, as ``POST /v1/events`` takes it."""
+
+    event_name: Annotated[str, Field(max_length=MAX_EVENT_NAME_LENGTH, pattern=r"\S")]
+    customer_id: Id
+    idempotency_key: IdempotencyKey | None = None
+    resource_id: Id | None = None
+    timestamp: PastTimestamp | None = None
+    dimensions: Dimensions | None = None
+
+    def report(self) -> EventReport:
+        key = self.idempotency_key
+        return EventReport(
+            event_name=self.event_name,
+            customer_id=self.customer_id,
+            idempotency_key=key if key is not None else f"sidecar-{uuid.uuid4()}",
+            key_from_client=key is not None,
+            resource_id=self.resource_id,
+            timestamp=self.timestamp,
+            dimensions=self.dimensions,  # type: ignore[arg-type]
+        )
+
+
+class EventBatch(Model):
+    """Up to 1,000 events, stored all or none."""
+
+    events: Annotated[list[Event], Field(min_length=1, max_length=1000)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,70 +168,23 @@ class UsageReport:
 
 def parse_usage(data: Any, *, path: str = "") -> UsageReport:
     """Validate one report from JSON, raising ``ValidationError`` naming the bad field."""
-    fields = Fields(data, path=path, allowed=_FIELDS)
-    customer_id = fields.identifier("customerId", required=True)
-    feature_id = fields.identifier("featureId", required=True)
-    value = fields.number("value", required=True)
-    behavior = fields.choice("updateBehavior", UPDATE_BEHAVIORS, default="DELTA")
-    key = fields.string("idempotencyKey", max_length=255)
-    if key is not None and not key.strip():
-        raise ValidationError(
-            f"{path}.idempotencyKey" if path else "idempotencyKey", "must not be empty"
-        )
-    dimensions = fields.object("dimensions")
-    if dimensions is not None:
-        _check_dimensions(dimensions, f"{path}.dimensions" if path else "dimensions")
-    # required=True and a default guarantee these; the asserts tell the type checker.
-    assert customer_id is not None
-    assert feature_id is not None
-    assert value is not None
-    assert behavior is not None
-    return UsageReport(
-        customer_id=customer_id,
-        feature_id=feature_id,
-        value=value,
-        update_behavior=behavior,
-        idempotency_key=key if key is not None else f"sidecar-{uuid.uuid4()}",
-        key_from_client=key is not None,
-        resource_id=fields.identifier("resourceId"),
-        timestamp=fields.timestamp("timestamp"),
-        dimensions=dimensions,
-    )
+    try:
+        return validate(Usage, data).report()
+    except ValidationError as exc:
+        raise exc.under(path) from None
 
 
-def _check_dimensions(dimensions: dict[str, Any], name: str) -> None:
-    for key, value in dimensions.items():
-        if isinstance(value, str):
-            if len(value) > MAX_DIMENSION_VALUE_LENGTH:
-                raise ValidationError(f"{name}.{key}", "is too long")
-        elif isinstance(value, bool) or value is None:
-            continue
-        elif isinstance(value, int | float):
-            check_number(f"{name}.{key}", value)  # rejects NaN and Infinity
-        else:
-            raise ValidationError(f"{name}.{key}", "must be a string, number or boolean")
+def parse_usage_request(data: bytes | Any, *, max_reports: int) -> tuple[list[UsageReport], bool]:
+    """One report or ``{"usages": [...]}`` (JSON bytes, or parsed); the reports and whether the
+    body was a list. All or nothing: the first bad field anywhere fails the whole request."""
+    if _is_batch(data, b'"usages"', "usages"):
+        batch = validate(UsageReportBatch, data)
+        _check_size("usages", batch.usages, max_reports)
+        return [usage.report() for usage in batch.usages], True
+    return [validate(Usage, data).report()], False
 
 
-def parse_usage_request(data: Any, *, max_reports: int) -> tuple[list[UsageReport], bool]:
-    """One report or ``{"usages": [...]}``; the reports and whether the body was a list.
-
-    All or nothing: the first bad field anywhere fails the whole request."""
-    if isinstance(data, dict) and "usages" in data:
-        return _parse_list(data, "usages", max_reports, parse_usage), True
-    return [parse_usage(data)], False
-
-
-# --- raw events (reportEvent) ---------------------------------------------------------------
-
-_EVENT_FIELDS = (
-    "eventName",
-    "customerId",
-    "idempotencyKey",
-    "resourceId",
-    "timestamp",
-    "dimensions",
-)
-MAX_EVENT_NAME_LENGTH = 255
+# --- raw events (reportEvent) -----------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,46 +220,30 @@ class EventReport:
 
 def parse_event(data: Any, *, path: str = "") -> EventReport:
     """Validate one raw event, raising ``ValidationError`` naming the bad field."""
-    fields = Fields(data, path=path, allowed=_EVENT_FIELDS)
-    name = fields.string("eventName", required=True, max_length=MAX_EVENT_NAME_LENGTH)
-    customer_id = fields.identifier("customerId", required=True)
-    key = fields.string("idempotencyKey", max_length=255)
-    if key is not None and not key.strip():
-        raise ValidationError(
-            f"{path}.idempotencyKey" if path else "idempotencyKey", "must not be empty"
-        )
-    dimensions = fields.object("dimensions")
-    if dimensions is not None:
-        _check_dimensions(dimensions, f"{path}.dimensions" if path else "dimensions")
-    assert name is not None
-    assert customer_id is not None
-    return EventReport(
-        event_name=name,
-        customer_id=customer_id,
-        idempotency_key=key if key is not None else f"sidecar-{uuid.uuid4()}",
-        key_from_client=key is not None,
-        resource_id=fields.identifier("resourceId"),
-        timestamp=fields.timestamp("timestamp"),
-        dimensions=dimensions,
-    )
+    try:
+        return validate(Event, data).report()
+    except ValidationError as exc:
+        raise exc.under(path) from None
 
 
-def parse_event_request(data: Any, *, max_reports: int) -> tuple[list[EventReport], bool]:
+def parse_event_request(data: bytes | Any, *, max_reports: int) -> tuple[list[EventReport], bool]:
     """One event or ``{"events": [...]}``; all or nothing like usage."""
-    if isinstance(data, dict) and "events" in data:
-        return _parse_list(data, "events", max_reports, parse_event), True
-    return [parse_event(data)], False
+    if _is_batch(data, b'"events"', "events"):
+        batch = validate(EventBatch, data)
+        _check_size("events", batch.events, max_reports)
+        return [event.report() for event in batch.events], True
+    return [validate(Event, data).report()], False
 
 
-def _parse_list(data: dict[str, Any], name: str, max_reports: int, parse: Any) -> list[Any]:
-    extra = sorted(set(data) - {name})
-    if extra:
-        raise ValidationError(extra[0], f"unknown field (a batch has only {name!r})")
-    items = data[name]
-    if not isinstance(items, list):
-        raise ValidationError(name, "must be a JSON array")
-    if not items:
-        raise ValidationError(name, "must not be empty")
+def _is_batch(data: bytes | Any, quoted: bytes, name: str) -> bool:
+    """A batch is an object with the list's key. In bytes a guess: a key spelled with escapes
+    is missed, a report mentioning the word is taken for a batch; both then fail validation,
+    and the caller retries with the parsed body, which decides exactly."""
+    if isinstance(data, bytes):
+        return quoted in data
+    return isinstance(data, dict) and name in data
+
+
+def _check_size(name: str, items: list[Any], max_reports: int) -> None:
     if len(items) > max_reports:
         raise ValidationError(name, f"must have at most {max_reports} items, got {len(items)}")
-    return [parse(item, path=f"{name}[{index}]") for index, item in enumerate(items)]
