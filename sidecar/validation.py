@@ -11,12 +11,11 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, cast
 
 import pydantic
 from pydantic import ConfigDict, Field, PlainValidator, WithJsonSchema
 from pydantic.alias_generators import to_camel
-from pydantic.json_schema import models_json_schema
 from pydantic_core import PydanticCustomError
 
 from sidecar.timestamps import parse_iso
@@ -110,16 +109,20 @@ def check_timestamp(name: str, text: str, *, max_future: timedelta) -> datetime:
 # --- request models ---------------------------------------------------------------------------
 
 
-class Model(pydantic.BaseModel):
-    """A request body or tool arguments: camelCase keys, strict types, no unknown keys."""
+MODEL_CONFIG = ConfigDict(
+    strict=True,
+    extra="forbid",
+    allow_inf_nan=False,
+    alias_generator=to_camel,
+)
+"""How every request model reads: camelCase keys, strict types, no unknown keys (also the
+``__pydantic_config__`` of the report dataclasses validated straight into)."""
 
-    model_config = ConfigDict(
-        strict=True,
-        extra="forbid",
-        allow_inf_nan=False,
-        alias_generator=to_camel,
-        frozen=True,
-    )
+
+class Model(pydantic.BaseModel):
+    """A request body or tool arguments, read as ``MODEL_CONFIG`` says."""
+
+    model_config = MODEL_CONFIG | ConfigDict(frozen=True)
 
 
 def checked(check: Callable[[Any], Any]) -> PlainValidator:
@@ -191,16 +194,28 @@ MetaData = Annotated[
 ]
 """Free-form metadata (JSON object of at most 50 keys)."""
 
-Parsed = TypeVar("Parsed", bound=pydantic.BaseModel)
+Parsed = TypeVar("Parsed")
 
 
-def validate(model: type[Parsed], data: bytes | Any, context: Any = None) -> Parsed:
+_ADAPTERS: dict[type[Any], pydantic.TypeAdapter[Any]] = {}
+
+
+def _adapter(model: type[Any]) -> pydantic.TypeAdapter[Any]:
+    """Built once per model: building one compiles its validator."""
+    adapter = _ADAPTERS.get(model)
+    if adapter is None:
+        adapter = _ADAPTERS[model] = pydantic.TypeAdapter(model)
+    return adapter
+
+
+def validate(model: type[Parsed], data: bytes | Any) -> Parsed:
     """``data`` (JSON bytes, or already parsed) as ``model``, in one pass; ``ValidationError``
     names the first bad field as the API always has (``usages[3].value``)."""
+    adapter = _adapter(model)
     try:
         if isinstance(data, bytes):
-            return model.model_validate_json(data, context=context)
-        return model.model_validate(data, context=context)
+            return cast(Parsed, adapter.validate_json(data))
+        return cast(Parsed, adapter.validate_python(data))
     except pydantic.ValidationError as exc:
         raise _first_error(exc) from None
 
@@ -211,7 +226,10 @@ def _first_error(exc: pydantic.ValidationError) -> ValidationError:
     # An unknown key first, as a typo explains the rest ("customerID" and so no "customerId").
     for other in errors:
         parent = other["loc"][:-1]
-        if other["type"] == "extra_forbidden" and error["loc"][: len(parent)] == parent:
+        if (
+            other["type"] in ("extra_forbidden", "unexpected_keyword_argument")
+            and error["loc"][: len(parent)] == parent
+        ):
             error = other
             break
     return ValidationError(_path(error["loc"]) or "body", _message(error))
@@ -229,7 +247,11 @@ def _path(loc: Sequence[int | str]) -> str:
 
 _TYPE_MESSAGES = {
     "missing": "is required",
+    "missing_argument": "is required",
     "extra_forbidden": "unknown field",
+    "unexpected_keyword_argument": "unknown field",
+    "dataclass_type": "must be a JSON object",
+    "dataclass_args_type": "must be a JSON object",
     "string_type": "must be a string",
     "float_type": "must be a number",
     "int_type": "must be a number",
@@ -270,18 +292,18 @@ def _message(error: Any) -> str:
 # --- schemas generated from the models ------------------------------------------------------
 
 
-def schema_components(models: Sequence[type[pydantic.BaseModel]]) -> dict[str, Any]:
+def schema_components(models: Sequence[type[Any]]) -> dict[str, Any]:
     """OpenAPI component schemas of ``models`` and of every model they use, named by class."""
-    _, schema = models_json_schema(
-        [(model, "validation") for model in models],
+    _, schema = pydantic.TypeAdapter.json_schemas(
+        [(model.__name__, "validation", _adapter(model)) for model in models],
         ref_template="#/components/schemas/{model}",
     )
     return dict(_untitled(schema["$defs"]))
 
 
-def tool_schema(model: type[pydantic.BaseModel]) -> dict[str, Any]:
+def tool_schema(model: type[Any]) -> dict[str, Any]:
     """An MCP tool's input schema: the model's JSON schema with nested models inlined."""
-    schema = model.model_json_schema()
+    schema = _adapter(model).json_schema()
     definitions = schema.pop("$defs", {})
     schema.pop("description", None)  # the tool's own description says it
     return dict(_optional_not_null(_untitled(_inline(schema, definitions))))

@@ -33,7 +33,7 @@ from sidecar.provisioning import (
 )
 from sidecar.services import Services
 from sidecar.upstream.errors import UpstreamError
-from sidecar.usage.model import Usage, parse_usage
+from sidecar.usage.model import UsageReport, parse_usage
 from sidecar.validation import Id, ValidationError, tool_schema, validate
 
 log = logging.getLogger(__name__)
@@ -259,7 +259,7 @@ TOOLS: tuple[ToolSpec, ...] = (
             "Pass an idempotencyKey and reuse it when retrying: a report with a key already "
             "seen is counted once."
         ),
-        input_schema=tool_schema(Usage),
+        input_schema=tool_schema(UsageReport),
         read_only=False,
         destructive=False,
         idempotent=False,

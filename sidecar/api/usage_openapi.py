@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
-
 from sidecar.api.usage import DEAD_LETTER_ID_PATTERN, DeadLetterReplay
-from sidecar.usage.model import Event, EventBatch, Usage, UsageReportBatch
+from sidecar.usage.model import EventBatch, EventReport, UsageReport, UsageReportBatch
 
 JSON = "application/json"
-USAGE_MODELS: tuple[type[BaseModel], ...] = (
-    Usage,
+USAGE_MODELS: tuple[type[Any], ...] = (
+    UsageReport,
     UsageReportBatch,
-    Event,
+    EventReport,
     EventBatch,
     DeadLetterReplay,
 )
@@ -139,7 +137,7 @@ def usage_paths() -> dict[str, Any]:
                 "requestBody": {
                     "required": True,
                     "content": {
-                        JSON: {"schema": {"oneOf": [_ref("Usage"), _ref("UsageReportBatch")]}}
+                        JSON: {"schema": {"oneOf": [_ref("UsageReport"), _ref("UsageReportBatch")]}}
                     },
                 },
                 "responses": {
@@ -164,7 +162,9 @@ def usage_paths() -> dict[str, Any]:
                 "summary": "Report raw events for Stigg's meters (`reportEvent`).",
                 "requestBody": {
                     "required": True,
-                    "content": {JSON: {"schema": {"oneOf": [_ref("Event"), _ref("EventBatch")]}}},
+                    "content": {
+                        JSON: {"schema": {"oneOf": [_ref("EventReport"), _ref("EventBatch")]}}
+                    },
                 },
                 "responses": {
                     "202": {

@@ -1,18 +1,19 @@
-"""Usage reports and raw events: the request models (the one definition validation, OpenAPI and
-the MCP tool schema come from), the validated reports, as they are spooled and as Stigg wants
-them."""
+"""Usage reports and raw events: the one definition of each (validated straight from the
+request's JSON bytes, and the source of the OpenAPI and MCP schemas), as they are spooled and
+as Stigg wants them."""
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, WithJsonSchema
+from pydantic import BeforeValidator, ConfigDict, Field, Strict, WithJsonSchema
+from pydantic.json_schema import SkipJsonSchema
 
 from sidecar.timestamps import format_iso as iso
 from sidecar.validation import (
+    MODEL_CONFIG,
     Id,
     Model,
     PastTimestamp,
@@ -47,105 +48,64 @@ Dimensions = Annotated[
     dict[
         str,
         Annotated[
-            str | float | bool | None,
+            str | int | float | bool,
             checked(_dimension),
             WithJsonSchema({"type": ["string", "number", "boolean", "null"]}),
         ],
     ],
-    Field(max_length=50, description="Extra attributes of the usage (at most 50)."),
+    Field(max_length=50, description="Extra attributes (at most 50)."),
 ]
+
+
+def _mint_key() -> str:
+    return f"sidecar-{uuid.uuid4()}"
+
+
+# The key the app sent, or one minted for it (also for null); ``KeyFromClient`` reads the same
+# input key, so both fields come out of the one pass over the JSON.
 IdempotencyKey = Annotated[
     str,
+    Strict(),
     Field(
         max_length=255,
         pattern=r"\S",
         description="Repeat it to retry safely (remembered for 24 h); minted by the sidecar"
         " (`sidecar-<uuid>`) when absent.",
     ),
+    BeforeValidator(lambda value: _mint_key() if value is None else value),
+]
+KeyFromClient = Annotated[
+    SkipJsonSchema[bool],
+    BeforeValidator(lambda value: value is not None),
+    Field(validation_alias="idempotencyKey"),
+]
+# Lax, so a dict (MCP arguments, gRPC) makes a report, not only an instance; the fields that
+# strictness guards (a number given as "1" or true) say Strict themselves.
+REPORT_CONFIG = MODEL_CONFIG | ConfigDict(strict=False)
+UpdateBehavior = Annotated[
+    Literal["DELTA", "SET"], BeforeValidator(lambda value: "DELTA" if value is None else value)
 ]
 
 
-class Usage(Model):
-    """One usage report as ``POST /v1/usage``, gRPC and the ``report-usage`` tool take it."""
+@dataclass(frozen=True, slots=True)
+class UsageReport:
+    """One usage report, as ``POST /v1/usage``, gRPC and the ``report-usage`` tool take it;
+    ``idempotencyKey`` is minted when the app sent none."""
+
+    __pydantic_config__ = REPORT_CONFIG
 
     customer_id: Id
     feature_id: Id
-    value: Annotated[float, Field(description="Finite; added (DELTA) or set (SET).")]
+    value: Annotated[float, Strict(), Field(description="Finite; added (DELTA) or set (SET).")]
+    update_behavior: UpdateBehavior = "DELTA"
+    idempotency_key: IdempotencyKey = field(default_factory=_mint_key)
+    key_from_client: KeyFromClient = False
     resource_id: Id | None = None
-    update_behavior: Annotated[
-        Literal["DELTA", "SET"] | None, Field(json_schema_extra={"default": "DELTA"})
-    ] = None
-    idempotency_key: IdempotencyKey | None = None
     timestamp: Annotated[
         PastTimestamp | None,
         Field(description="When the usage happened; default: when the sidecar accepted it."),
     ] = None
     dimensions: Dimensions | None = None
-
-    def report(self) -> UsageReport:
-        """The validated report, its idempotency key minted when the app sent none."""
-        key = self.idempotency_key
-        return UsageReport(
-            customer_id=self.customer_id,
-            feature_id=self.feature_id,
-            value=float(self.value),
-            update_behavior=self.update_behavior or "DELTA",
-            idempotency_key=key if key is not None else f"sidecar-{uuid.uuid4()}",
-            key_from_client=key is not None,
-            resource_id=self.resource_id,
-            timestamp=self.timestamp,
-            dimensions=self.dimensions,  # type: ignore[arg-type]
-        )
-
-
-class UsageReportBatch(Model):
-    """Up to 1,000 reports (``maxReportsPerRequest``), stored all or none."""
-
-    usages: Annotated[list[Usage], Field(min_length=1, max_length=1000)]
-
-
-class Event(Model):
-    """One raw event for Stigg's meters, as ``POST /v1/events`` takes it."""
-
-    event_name: Annotated[str, Field(max_length=MAX_EVENT_NAME_LENGTH, pattern=r"\S")]
-    customer_id: Id
-    idempotency_key: IdempotencyKey | None = None
-    resource_id: Id | None = None
-    timestamp: PastTimestamp | None = None
-    dimensions: Dimensions | None = None
-
-    def report(self) -> EventReport:
-        key = self.idempotency_key
-        return EventReport(
-            event_name=self.event_name,
-            customer_id=self.customer_id,
-            idempotency_key=key if key is not None else f"sidecar-{uuid.uuid4()}",
-            key_from_client=key is not None,
-            resource_id=self.resource_id,
-            timestamp=self.timestamp,
-            dimensions=self.dimensions,  # type: ignore[arg-type]
-        )
-
-
-class EventBatch(Model):
-    """Up to 1,000 events, stored all or none."""
-
-    events: Annotated[list[Event], Field(min_length=1, max_length=1000)]
-
-
-@dataclass(frozen=True, slots=True)
-class UsageReport:
-    """One validated report; ``idempotency_key`` is always set (minted when the app sent none)."""
-
-    customer_id: str
-    feature_id: str
-    value: float
-    update_behavior: str
-    idempotency_key: str
-    key_from_client: bool
-    resource_id: str | None = None
-    timestamp: datetime | None = None
-    dimensions: dict[str, str | int | float | bool] | None = None
 
     def to_record(self) -> dict[str, Any]:
         """The spooled form: the API's field names, so dead letters read like the request."""
@@ -166,10 +126,16 @@ class UsageReport:
         return record
 
 
+class UsageReportBatch(Model):
+    """Up to 1,000 reports (`usage.maxReportsPerRequest`), stored all or none."""
+
+    usages: Annotated[list[UsageReport], Field(min_length=1, max_length=1000)]
+
+
 def parse_usage(data: Any, *, path: str = "") -> UsageReport:
     """Validate one report from JSON, raising ``ValidationError`` naming the bad field."""
     try:
-        return validate(Usage, data).report()
+        return validate(UsageReport, data)
     except ValidationError as exc:
         raise exc.under(path) from None
 
@@ -178,26 +144,29 @@ def parse_usage_request(data: bytes | Any, *, max_reports: int) -> tuple[list[Us
     """One report or ``{"usages": [...]}`` (JSON bytes, or parsed); the reports and whether the
     body was a list. All or nothing: the first bad field anywhere fails the whole request."""
     if _is_batch(data, b'"usages"', "usages"):
-        batch = validate(UsageReportBatch, data)
-        _check_size("usages", batch.usages, max_reports)
-        return [usage.report() for usage in batch.usages], True
-    return [validate(Usage, data).report()], False
+        usages = validate(UsageReportBatch, data).usages
+        _check_size("usages", usages, max_reports)
+        return usages, True
+    return [validate(UsageReport, data)], False
 
 
-# --- raw events (reportEvent) -----------------------------------------------
+# --- raw events (reportEvent) ---------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class EventReport:
-    """One validated raw event for Stigg's meters; ``idempotency_key`` is always set."""
+    """One raw event for Stigg's meters, as ``POST /v1/events`` takes it;
+    ``idempotencyKey`` is minted when the app sent none."""
 
-    event_name: str
-    customer_id: str
-    idempotency_key: str
-    key_from_client: bool
-    resource_id: str | None = None
-    timestamp: datetime | None = None
-    dimensions: dict[str, str | int | float | bool] | None = None
+    __pydantic_config__ = REPORT_CONFIG
+
+    event_name: Annotated[str, Strict(), Field(max_length=MAX_EVENT_NAME_LENGTH, pattern=r"\S")]
+    customer_id: Id
+    idempotency_key: IdempotencyKey = field(default_factory=_mint_key)
+    key_from_client: KeyFromClient = False
+    resource_id: Id | None = None
+    timestamp: PastTimestamp | None = None
+    dimensions: Dimensions | None = None
 
     def to_stigg(self) -> dict[str, Any]:
         """``UsageEventReportInput``."""
@@ -218,10 +187,16 @@ class EventReport:
         return {**self.to_stigg(), "keyFromClient": self.key_from_client}
 
 
+class EventBatch(Model):
+    """Up to 1,000 events, stored all or none."""
+
+    events: Annotated[list[EventReport], Field(min_length=1, max_length=1000)]
+
+
 def parse_event(data: Any, *, path: str = "") -> EventReport:
     """Validate one raw event, raising ``ValidationError`` naming the bad field."""
     try:
-        return validate(Event, data).report()
+        return validate(EventReport, data)
     except ValidationError as exc:
         raise exc.under(path) from None
 
@@ -229,10 +204,10 @@ def parse_event(data: Any, *, path: str = "") -> EventReport:
 def parse_event_request(data: bytes | Any, *, max_reports: int) -> tuple[list[EventReport], bool]:
     """One event or ``{"events": [...]}``; all or nothing like usage."""
     if _is_batch(data, b'"events"', "events"):
-        batch = validate(EventBatch, data)
-        _check_size("events", batch.events, max_reports)
-        return [event.report() for event in batch.events], True
-    return [validate(Event, data).report()], False
+        events = validate(EventBatch, data).events
+        _check_size("events", events, max_reports)
+        return events, True
+    return [validate(EventReport, data)], False
 
 
 def _is_batch(data: bytes | Any, quoted: bytes, name: str) -> bool:
