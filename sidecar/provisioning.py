@@ -27,18 +27,15 @@ class SubscriptionParams(Model):
     plan_id: Annotated[Id, Field(description="The plan to subscribe to, e.g. plan-pro.")]
     billing_period: Literal["MONTHLY", "ANNUALLY"] | None = None
     unit_quantity: Annotated[float, Field(ge=1, description="Seats or units.")] | None = None
-    resource_id: (
-        Annotated[Id, Field(description="The resource (e.g. a workspace) it is for.")] | None
-    ) = None
-    subscription_id: (
-        Annotated[
-            Id,
-            Field(description="Your id for the new subscription; Stigg makes one up if omitted."),
-        ]
-        | None
-    ) = None
+    resource_id: Annotated[
+        Id | None, Field(description="The resource (e.g. a workspace) it is for.")
+    ] = None
+    subscription_id: Annotated[
+        Id | None,
+        Field(description="Your id for the new subscription; Stigg makes one up if omitted."),
+    ] = None
     additional_meta_data: MetaData | None = None
-    start_date: Annotated[PlanTimestamp, Field(description="When it starts.")] | None = None
+    start_date: Annotated[PlanTimestamp | None, Field(description="When it starts.")] = None
 
     def subscription_input(self) -> dict[str, Any]:
         """The subscription part of Stigg's input (camelCase, absent fields left out)."""
@@ -49,39 +46,30 @@ class SubscriptionParams(Model):
 
 
 class ProvisionCustomerRequest(CustomerRef):
-    """``POST /v1/customers`` and the ``provision-customer`` tool."""
+    """`POST /v1/customers` and the `provision-customer` tool."""
 
     name: Annotated[str, Field(max_length=500)] | None = None
     email: Annotated[str, Field(max_length=320)] | None = None
-    billing_id: (
-        Annotated[
-            str, Field(max_length=255, description="The customer's id in the billing system.")
-        ]
-        | None
-    ) = None
+    billing_id: Annotated[
+        str | None, Field(max_length=255, description="The customer's id in the billing system.")
+    ] = None
     additional_meta_data: MetaData | None = None
-    subscription_params: (
-        Annotated[
-            SubscriptionParams, Field(description="Subscribe the new customer to this plan now.")
-        ]
-        | None
-    ) = None
+    subscription_params: Annotated[
+        SubscriptionParams | None, Field(description="Subscribe the new customer to a plan now.")
+    ] = None
 
 
 class ProvisionSubscriptionRequest(SubscriptionParams, CustomerRef):
-    """``POST /v1/subscriptions`` and the ``create-subscription`` tool."""
+    """`POST /v1/subscriptions` and the `create-subscription` tool."""
 
 
 class CancelSubscriptionRequest(Model):
-    """The optional body of ``POST /v1/subscriptions/{subscriptionId}/cancel``."""
+    """The optional body of `POST /v1/subscriptions/{subscriptionId}/cancel`."""
 
     cancellation_time: Literal["IMMEDIATE", "END_OF_BILLING_PERIOD", "SPECIFIC_DATE"] | None = None
-    end_date: (
-        Annotated[
-            PlanTimestamp, Field(description="The end date when cancellationTime is SPECIFIC_DATE.")
-        ]
-        | None
-    ) = None
+    end_date: Annotated[
+        PlanTimestamp | None, Field(description="The end when cancellationTime is SPECIFIC_DATE.")
+    ] = None
 
 
 def provision_customer_input(body: bytes | Any) -> dict[str, Any]:

@@ -44,27 +44,25 @@ ToolFunction = Callable[[Services, Arguments], Awaitable[dict[str, Any]]]
 # --- the arguments of the tools without a REST body (the rest take the body's model) --------
 
 _ResourceId = Annotated[
-    Id, Field(description="Optional resource (e.g. a workspace) the entitlement is scoped to.")
+    Id | None, Field(description="The resource (e.g. a workspace) the entitlements are scoped to.")
 ]
 
 
 class EntitlementsArguments(CustomerRef):
-    """``get-entitlements``."""
+    """`get-entitlements`."""
 
-    resource_id: _ResourceId | None = None
+    resource_id: _ResourceId = None
 
 
 class CheckArguments(CustomerRef):
-    """``check-entitlement``: the query of ``GET /v1/entitlements`` as a JSON object."""
+    """`check-entitlement`: the query of `GET /v1/entitlements` as a JSON object."""
 
     feature_id: Annotated[Id, Field(description="The feature's id, e.g. feature-api-calls.")]
-    resource_id: _ResourceId | None = None
-    requested_usage: (
-        Annotated[
-            float, Field(ge=0, description="Usage about to be consumed; denied beyond the limit.")
-        ]
-        | None
-    ) = None
+    resource_id: _ResourceId = None
+    requested_usage: Annotated[
+        float | None,
+        Field(ge=0, description="Usage about to be consumed; denied beyond the limit."),
+    ] = None
     requested_values: (
         Annotated[
             list[Annotated[str, Field(pattern=r"\S")]],
@@ -78,7 +76,7 @@ class CheckArguments(CustomerRef):
 
 
 class CancelArguments(CancelSubscriptionRequest):
-    """``cancel-subscription``: the path's id and the REST body in one object."""
+    """`cancel-subscription`: the path's id and the REST body in one object."""
 
     subscription_id: Annotated[Id, Field(description="The subscription (see get-customer).")]
 

@@ -6,13 +6,14 @@ from functools import cache
 from typing import Any
 
 from sidecar import __version__
+from sidecar.api.mcp_tools import CheckArguments
 from sidecar.api.usage_openapi import USAGE_MODELS, USAGE_SCHEMAS, usage_paths
 from sidecar.provisioning import (
     CancelSubscriptionRequest,
     ProvisionCustomerRequest,
     ProvisionSubscriptionRequest,
 )
-from sidecar.validation import id_schema, schema_components
+from sidecar.validation import id_schema, schema_components, tool_schema
 
 JSON = "application/json"
 
@@ -70,6 +71,23 @@ def _ok(schema_name: str, status: int = 200, description: str = "OK") -> dict[st
     return {
         str(status): {"description": description, "content": {JSON: {"schema": _ref(schema_name)}}}
     }
+
+
+def _query_parameters(model: type[Any], **descriptions: str) -> list[dict[str, Any]]:
+    """A route's query parameters from the model its MCP tool takes: the same names and
+    constraints, an empty optional parameter read as absent, a list given comma-separated."""
+    schema = tool_schema(model)
+    parameters = []
+    for name, prop in schema["properties"].items():
+        prop = {key: value for key, value in prop.items() if key != "description"}
+        required = name in schema["required"]
+        if prop.get("type") == "array":
+            prop = {"type": "string"}
+        elif not required:
+            prop = {"anyOf": [prop, _EMPTY]}
+        description = descriptions.get(name) or schema["properties"][name].get("description", "")
+        parameters.append(_param(name, "query", description, required=required, schema=prop))
+    return parameters
 
 
 def _param(
@@ -367,24 +385,13 @@ def openapi_document() -> dict[str, Any]:
             "get": {
                 "operationId": "checkEntitlement",
                 "summary": "May this customer use this feature (and this much of it)?",
-                "parameters": [
-                    _param("customerId", "query", "The customer's id.", required=True),
-                    _param("featureId", "query", "The feature's id.", required=True),
-                    _param("resourceId", "query", "For multi-resource products.", schema=_QUERY_ID),
-                    _param(
-                        "requestedUsage",
-                        "query",
-                        "Metered features: denied when currentUsage + requestedUsage > usageLimit."
-                        " Without it, denied when no usage is left.",
-                        schema={"anyOf": [{"type": "number", "minimum": 0}, _EMPTY]},
-                    ),
-                    _param(
-                        "requestedValues",
-                        "query",
-                        "Enum features: comma-separated values that must all be entitled.",
-                        schema={"type": "string"},
-                    ),
-                ],
+                "parameters": _query_parameters(
+                    CheckArguments,
+                    requestedUsage="Metered features: denied when currentUsage + requestedUsage"
+                    " > usageLimit. Without it, denied when no usage is left.",
+                    requestedValues="Enum features: comma-separated values that must all be"
+                    " entitled.",
+                ),
                 "responses": {**_ok("Entitlement"), **_errors(400, *_UPSTREAM_ERRORS)},
             }
         },

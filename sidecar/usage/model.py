@@ -89,8 +89,8 @@ UpdateBehavior = Annotated[
 
 @dataclass(frozen=True, slots=True)
 class UsageReport:
-    """One usage report, as ``POST /v1/usage``, gRPC and the ``report-usage`` tool take it;
-    ``idempotencyKey`` is minted when the app sent none."""
+    """One usage report, as `POST /v1/usage`, gRPC and the `report-usage` tool take it;
+    `idempotencyKey` is minted when the app sent none."""
 
     __pydantic_config__ = REPORT_CONFIG
 
@@ -155,8 +155,8 @@ def parse_usage_request(data: bytes | Any, *, max_reports: int) -> tuple[list[Us
 
 @dataclass(frozen=True, slots=True)
 class EventReport:
-    """One raw event for Stigg's meters, as ``POST /v1/events`` takes it;
-    ``idempotencyKey`` is minted when the app sent none."""
+    """One raw event for Stigg's meters, as `POST /v1/events` takes it; `idempotencyKey` is
+    minted when the app sent none."""
 
     __pydantic_config__ = REPORT_CONFIG
 
