@@ -11,9 +11,6 @@ from sidecar.upstream import answers, documents
 from sidecar.upstream.client import Upstream
 from sidecar.validation import Id, MetaData, Model, PlanTimestamp, validate
 
-BILLING_PERIODS = ("MONTHLY", "ANNUALLY")
-CANCELLATION_TIMES = ("IMMEDIATE", "END_OF_BILLING_PERIOD", "SPECIFIC_DATE")
-
 
 class CustomerRef(Model):
     """The customer a request is about."""

@@ -49,7 +49,7 @@ DeadLetterId = Annotated[
 
 
 class DeadLetterReplay(Model):
-    """``POST /v1/usage/dead-letters``: either ``ids``, or ``all: true``."""
+    """`POST /v1/usage/dead-letters`: either `ids`, or `all: true`."""
 
     model_config = {
         "json_schema_extra": {

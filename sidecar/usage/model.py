@@ -26,7 +26,6 @@ from sidecar.validation import (
 Kind = Literal["usage", "event"]
 KINDS: tuple[Kind, ...] = ("usage", "event")
 
-UPDATE_BEHAVIORS = ("DELTA", "SET")
 MAX_DIMENSION_VALUE_LENGTH = 1000
 MAX_EVENT_NAME_LENGTH = 255
 
