@@ -1,8 +1,8 @@
 """The capability spec's seven operations as MCP tools, on the REST API's service layer.
 
 Each tool validates its arguments with the same model as the matching REST route (its input
-schema is generated from that model), calls
-the same service, and answers the same JSON object (as ``structuredContent`` and as JSON text).
+schema is generated from that model), calls the same service, and answers the same JSON object
+(as ``structuredContent`` and as JSON text).
 Every failure is a tool result with ``isError: true`` and the REST API's error object, so an
 agent reads what went wrong instead of the client seeing a protocol error.
 """
