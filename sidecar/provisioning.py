@@ -2,93 +2,96 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Annotated, Any, Literal, Protocol
+
+from pydantic import Field
 
 from sidecar.timestamps import format_iso as iso
 from sidecar.upstream import answers, documents
 from sidecar.upstream.client import Upstream
-from sidecar.validation import Fields
-
-BILLING_PERIODS = ("MONTHLY", "ANNUALLY")
-CANCELLATION_TIMES = ("IMMEDIATE", "END_OF_BILLING_PERIOD", "SPECIFIC_DATE")
-# Subscriptions may be scheduled ahead, unlike usage timestamps.
-# Dates before 2100, as the OpenAPI document says: a year like 5471 is a typo, not a plan.
-_FAR_FUTURE = datetime(2100, 1, 1, tzinfo=UTC) - datetime.now(UTC)
-
-_SUBSCRIPTION_FIELDS = (
-    "planId",
-    "billingPeriod",
-    "unitQuantity",
-    "resourceId",
-    "subscriptionId",
-    "additionalMetaData",
-    "startDate",
-)
+from sidecar.validation import Id, MetaData, Model, PlanTimestamp, validate
 
 
-def _subscription_input(fields: Fields) -> dict[str, Any]:
-    """The subscription part shared by provisionCustomer and provisionSubscriptionV2."""
-    params: dict[str, Any] = {"planId": fields.identifier("planId", required=True)}
-    optional = {
-        "billingPeriod": fields.choice("billingPeriod", BILLING_PERIODS),
-        "unitQuantity": fields.number("unitQuantity", minimum=1),
-        "resourceId": fields.identifier("resourceId"),
-        "subscriptionId": fields.identifier("subscriptionId"),
-        "additionalMetaData": fields.object("additionalMetaData"),
-    }
-    start = fields.timestamp("startDate", max_future=_FAR_FUTURE)
-    if start is not None:
-        optional["startDate"] = iso(start)
-    params.update({k: v for k, v in optional.items() if v is not None})
-    return params
+class CustomerRef(Model):
+    """The customer a request is about."""
+
+    customer_id: Annotated[Id, Field(description="The customer's id in Stigg.")]
 
 
-def provision_customer_input(body: Any) -> dict[str, Any]:
+class SubscriptionParams(Model):
+    """What a new subscription is: shared by provisionCustomer and provisionSubscriptionV2."""
+
+    plan_id: Annotated[Id, Field(description="The plan to subscribe to, e.g. plan-pro.")]
+    billing_period: Literal["MONTHLY", "ANNUALLY"] | None = None
+    unit_quantity: Annotated[float, Field(ge=1, description="Seats or units.")] | None = None
+    resource_id: Annotated[
+        Id | None, Field(description="The resource (e.g. a workspace) it is for.")
+    ] = None
+    subscription_id: Annotated[
+        Id | None,
+        Field(description="Your id for the new subscription; Stigg makes one up if omitted."),
+    ] = None
+    additional_meta_data: MetaData | None = None
+    start_date: Annotated[PlanTimestamp | None, Field(description="When it starts.")] = None
+
+    def subscription_input(self) -> dict[str, Any]:
+        """The subscription part of Stigg's input (camelCase, absent fields left out)."""
+        params = self.model_dump(by_alias=True, exclude_none=True)
+        if self.start_date is not None:
+            params["startDate"] = iso(self.start_date)
+        return params
+
+
+class ProvisionCustomerRequest(CustomerRef):
+    """`POST /v1/customers` and the `provision-customer` tool."""
+
+    name: Annotated[str, Field(max_length=500)] | None = None
+    email: Annotated[str, Field(max_length=320)] | None = None
+    billing_id: Annotated[
+        str | None, Field(max_length=255, description="The customer's id in the billing system.")
+    ] = None
+    additional_meta_data: MetaData | None = None
+    subscription_params: Annotated[
+        SubscriptionParams | None, Field(description="Subscribe the new customer to a plan now.")
+    ] = None
+
+
+class ProvisionSubscriptionRequest(SubscriptionParams, CustomerRef):
+    """`POST /v1/subscriptions` and the `create-subscription` tool."""
+
+
+class CancelSubscriptionRequest(Model):
+    """The optional body of `POST /v1/subscriptions/{subscriptionId}/cancel`."""
+
+    cancellation_time: Literal["IMMEDIATE", "END_OF_BILLING_PERIOD", "SPECIFIC_DATE"] | None = None
+    end_date: Annotated[
+        PlanTimestamp | None, Field(description="The end when cancellationTime is SPECIFIC_DATE.")
+    ] = None
+
+
+def provision_customer_input(body: bytes | Any) -> dict[str, Any]:
     """``ProvisionCustomerInput`` from a ``POST /v1/customers`` body."""
-    fields = Fields(
-        body,
-        allowed=(
-            "customerId",
-            "name",
-            "email",
-            "billingId",
-            "additionalMetaData",
-            "subscriptionParams",
-        ),
-    )
-    payload: dict[str, Any] = {"customerId": fields.identifier("customerId", required=True)}
-    optional = {
-        "name": fields.string("name", max_length=500),
-        "email": fields.string("email", max_length=320),
-        "billingId": fields.string("billingId", max_length=255),
-        "additionalMetaData": fields.object("additionalMetaData"),
-    }
-    payload.update({k: v for k, v in optional.items() if v is not None})
-    subscription = fields.nested("subscriptionParams", _SUBSCRIPTION_FIELDS)
-    if subscription is not None:
-        payload["subscriptionParams"] = _subscription_input(subscription)
+    request = validate(ProvisionCustomerRequest, body)
+    payload = request.model_dump(by_alias=True, exclude_none=True)
+    if request.subscription_params is not None:
+        payload["subscriptionParams"] = request.subscription_params.subscription_input()
     return payload
 
 
-def provision_subscription_input(body: Any) -> dict[str, Any]:
+def provision_subscription_input(body: bytes | Any) -> dict[str, Any]:
     """``ProvisionSubscriptionInput`` from a ``POST /v1/subscriptions`` body."""
-    fields = Fields(body, allowed=("customerId", *_SUBSCRIPTION_FIELDS))
-    payload = {"customerId": fields.identifier("customerId", required=True)}
-    payload.update(_subscription_input(fields))
-    return payload
+    request = validate(ProvisionSubscriptionRequest, body)
+    return {"customerId": request.customer_id, **request.subscription_input()}
 
 
-def cancel_subscription_input(subscription_id: str, body: Any) -> dict[str, Any]:
+def cancel_subscription_input(subscription_id: str, body: bytes | Any) -> dict[str, Any]:
     """``SubscriptionCancellationInput`` from the path and an optional body."""
-    fields = Fields(body if body is not None else {}, allowed=("cancellationTime", "endDate"))
+    request = validate(CancelSubscriptionRequest, body if body is not None else {})
     payload: dict[str, Any] = {"subscriptionRefId": subscription_id}
-    when = fields.choice("cancellationTime", CANCELLATION_TIMES)
-    if when is not None:
-        payload["subscriptionCancellationTime"] = when
-    end = fields.timestamp("endDate", max_future=_FAR_FUTURE)
-    if end is not None:
-        payload["endDate"] = iso(end)
+    if request.cancellation_time is not None:
+        payload["subscriptionCancellationTime"] = request.cancellation_time
+    if request.end_date is not None:
+        payload["endDate"] = iso(request.end_date)
     return payload
 
 

@@ -1,13 +1,22 @@
-"""Reading untrusted JSON input field by field, with errors that name the field."""
+"""Untrusted input: the one definition of every request model, and errors that name the field.
+
+Each request type is one pydantic model (camelCase on the wire, unknown keys rejected, null read
+as absent). REST bodies and MCP arguments are validated by it, and the OpenAPI components and
+MCP tool schemas are generated from it, so the three cannot drift apart."""
 
 from __future__ import annotations
 
 import functools
 import math
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any, TypeVar, cast
+
+import pydantic
+from pydantic import ConfigDict, Field, PlainValidator, WithJsonSchema
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 from sidecar.timestamps import parse_iso
 
@@ -38,101 +47,12 @@ class ValidationError(Exception):
         self.field = field
         self.message = message
 
-
-class Fields:
-    """Typed reads from one JSON object; unknown keys are rejected so typos do not pass silently."""
-
-    def __init__(
-        self, data: Any, *, path: str = "", allowed: Collection[str] | None = None
-    ) -> None:
-        if not isinstance(data, Mapping):
-            raise ValidationError(path or "body", "must be a JSON object")
-        self._data = data
-        self._path = path
-        if allowed is not None:
-            for key in data:
-                if key not in allowed:
-                    raise ValidationError(self._name(str(key)), "unknown field")
-
-    def _name(self, key: str) -> str:
-        return f"{self._path}.{key}" if self._path else key
-
-    def _get(self, key: str, required: bool) -> Any:
-        value = self._data.get(key)
-        if value is None and required:
-            raise ValidationError(self._name(key), "is required")
-        return value
-
-    def string(self, key: str, *, required: bool = False, max_length: int = 1000) -> str | None:
-        value = self._get(key, required)
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            raise ValidationError(self._name(key), "must be a string")
-        if required and not value.strip():
-            raise ValidationError(self._name(key), "must not be empty")
-        if len(value) > max_length:
-            raise ValidationError(self._name(key), f"must be at most {max_length} characters")
-        return value
-
-    def identifier(self, key: str, *, required: bool = False) -> str | None:
-        value = self.string(key, required=required, max_length=MAX_ID_LENGTH)
-        if value is not None:
-            check_identifier(self._name(key), value)
-        return value
-
-    def number(
-        self, key: str, *, required: bool = False, minimum: float | None = None
-    ) -> float | None:
-        value = self._get(key, required)
-        if value is None:
-            return None
-        return check_number(self._name(key), value, minimum=minimum)
-
-    def choice(
-        self, key: str, choices: Collection[str], *, default: str | None = None
-    ) -> str | None:
-        value = self._get(key, False)
-        if value is None:
-            return default
-        if value not in choices:
-            raise ValidationError(self._name(key), f"must be one of {', '.join(sorted(choices))}")
-        return str(value)
-
-    def boolean(self, key: str) -> bool | None:
-        value = self._get(key, False)
-        if value is None:
-            return None
-        if not isinstance(value, bool):
-            raise ValidationError(self._name(key), "must be true or false")
-        return value
-
-    def object(self, key: str, *, max_keys: int = 50) -> dict[str, Any] | None:
-        value = self._get(key, False)
-        if value is None:
-            return None
-        if not isinstance(value, dict):
-            raise ValidationError(self._name(key), "must be a JSON object")
-        if len(value) > max_keys:
-            raise ValidationError(self._name(key), f"must have at most {max_keys} keys")
-        return value
-
-    def nested(self, key: str, allowed: Collection[str]) -> Fields | None:
-        value = self._get(key, False)
-        if value is None:
-            return None
-        return Fields(value, path=self._name(key), allowed=allowed)
-
-    def timestamp(
-        self, key: str, *, max_future: timedelta = timedelta(minutes=5)
-    ) -> datetime | None:
-        value = self._get(key, False)
-        if value is None:
-            return None
-        name = self._name(key)
-        if not isinstance(value, str):
-            raise ValidationError(name, "must be an ISO-8601 date-time string")
-        return check_timestamp(name, value, max_future=max_future)
+    def under(self, path: str) -> ValidationError:
+        """The same error inside ``path`` (an item of a list, say)."""
+        if not path:
+            return self
+        field = f"{path}.{self.field}" if self.field else path
+        return ValidationError(field, self.message)
 
 
 def check_identifier(name: str, value: str) -> str:
@@ -184,3 +104,246 @@ def check_timestamp(name: str, text: str, *, max_future: timedelta) -> datetime:
     if moment - datetime.now(UTC) > max_future:
         raise ValidationError(name, "must not be in the future")
     return moment.astimezone(UTC)
+
+
+# --- request models ---------------------------------------------------------------------------
+
+
+MODEL_CONFIG = ConfigDict(
+    strict=True,
+    extra="forbid",
+    allow_inf_nan=False,
+    alias_generator=to_camel,
+)
+"""How every request model reads: camelCase keys, strict types, no unknown keys (also the
+``__pydantic_config__`` of the report dataclasses validated straight into)."""
+
+
+class Model(pydantic.BaseModel):
+    """A request body or tool arguments, read as ``MODEL_CONFIG`` says."""
+
+    model_config = MODEL_CONFIG | ConfigDict(frozen=True)
+
+
+def checked(check: Callable[[Any], Any]) -> PlainValidator:
+    """A validator from a ``check(value)`` raising our ``ValidationError``: pydantic then
+    reports the message at the field's path."""
+
+    def validate(value: Any) -> Any:
+        try:
+            return check(value)
+        except ValidationError as exc:
+            raise PydanticCustomError("sidecar", exc.message) from None
+
+    return PlainValidator(validate)
+
+
+def _identifier(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValidationError("", "must be a string")
+    return check_identifier("", value)
+
+
+Id = Annotated[str, checked(_identifier), WithJsonSchema(id_schema())]
+"""A Stigg id (refId) as every route and tool takes it."""
+
+
+def _years_up_to(last: int) -> str:
+    """A pattern of the years 1000 to ``last`` at the start of a date."""
+    decade, digit = divmod(last, 10)
+    decades = [rf"{d}\d" for d in range(200, decade)]
+    return "^(" + "|".join([r"1\d{3}", *decades, f"{decade}[0-{digit}]"]) + ")-"
+
+
+def _timestamp(max_future: timedelta) -> Callable[[Any], datetime]:
+    def check(value: Any) -> datetime:
+        if not isinstance(value, str):
+            raise ValidationError("", "must be an ISO-8601 date-time string")
+        return check_timestamp("", value, max_future=max_future)
+
+    return check
+
+
+# Reports happened in the past: a few minutes of clock skew are allowed within this year, and
+# a date of a later year is refused (which is all a pattern can say).
+PastTimestamp = Annotated[
+    datetime,
+    checked(_timestamp(timedelta(minutes=5))),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "date-time",
+            "pattern": _years_up_to(datetime.now(UTC).year),
+        }
+    ),
+]
+"""When usage happened: an ISO-8601 date-time with a zone, not in the future."""
+
+# Subscriptions may be scheduled ahead, but before 2100: a year like 5471 is a typo, not a plan.
+_BEFORE_2100 = datetime(2100, 1, 1, tzinfo=UTC) - datetime.now(UTC)
+PlanTimestamp = Annotated[
+    datetime,
+    checked(_timestamp(_BEFORE_2100)),
+    WithJsonSchema({"type": "string", "format": "date-time", "pattern": r"^(1\d{3}|20\d\d)-"}),
+]
+"""A subscription's start or end: an ISO-8601 date-time with a zone, before 2100."""
+
+MetaData = Annotated[
+    dict[str, Any],
+    Field(max_length=50, description="Free-form key/value metadata stored in Stigg."),
+]
+"""Free-form metadata (JSON object of at most 50 keys)."""
+
+Parsed = TypeVar("Parsed")
+
+
+_ADAPTERS: dict[type[Any], pydantic.TypeAdapter[Any]] = {}
+
+
+def _adapter(model: type[Any]) -> pydantic.TypeAdapter[Any]:
+    """Built once per model: building one compiles its validator."""
+    adapter = _ADAPTERS.get(model)
+    if adapter is None:
+        adapter = _ADAPTERS[model] = pydantic.TypeAdapter(model)
+    return adapter
+
+
+def validate(model: type[Parsed], data: bytes | Any) -> Parsed:
+    """``data`` (JSON bytes, or already parsed) as ``model``, in one pass; ``ValidationError``
+    names the first bad field as the API always has (``usages[3].value``)."""
+    adapter = _adapter(model)
+    try:
+        if isinstance(data, bytes):
+            return cast(Parsed, adapter.validate_json(data))
+        return cast(Parsed, adapter.validate_python(data))
+    except pydantic.ValidationError as exc:
+        raise _first_error(exc) from None
+
+
+def _first_error(exc: pydantic.ValidationError) -> ValidationError:
+    errors = exc.errors(include_url=False)
+    error = errors[0]
+    # An unknown key first, as a typo explains the rest ("customerID" and so no "customerId").
+    for other in errors:
+        parent = other["loc"][:-1]
+        if (
+            other["type"] in ("extra_forbidden", "unexpected_keyword_argument")
+            and error["loc"][: len(parent)] == parent
+        ):
+            error = other
+            break
+    return ValidationError(_path(error["loc"]) or "body", _message(error))
+
+
+def _path(loc: Sequence[int | str]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path = f"{path}.{part}" if path else part
+    return path
+
+
+_TYPE_MESSAGES = {
+    "missing": "is required",
+    "missing_argument": "is required",
+    "extra_forbidden": "unknown field",
+    "unexpected_keyword_argument": "unknown field",
+    "dataclass_type": "must be a JSON object",
+    "dataclass_args_type": "must be a JSON object",
+    "string_type": "must be a string",
+    "float_type": "must be a number",
+    "int_type": "must be a number",
+    "finite_number": "must be a finite number",
+    "bool_type": "must be true or false",
+    "dict_type": "must be a JSON object",
+    "model_type": "must be a JSON object",
+    "model_attributes_type": "must be a JSON object",
+    "list_type": "must be a list (JSON array)",
+    "string_too_short": "must not be empty",
+    "string_pattern_mismatch": "must not be empty",  # the pattern of text fields: r"\S"
+}
+
+
+def _message(error: Any) -> str:
+    kind, ctx = error["type"], error.get("ctx", {})
+    if error["input"] is None and kind.endswith("_type"):
+        return "is required"  # null for a required field: as if absent
+    if kind == "sidecar":
+        return str(error["msg"])
+    if kind == "string_too_long":
+        return f"must be at most {ctx['max_length']} characters"
+    if kind == "too_short":
+        return "must not be empty"
+    if kind == "too_long":
+        unit = "keys" if ctx.get("field_type") == "Dictionary" else "items"
+        return f"must have at most {ctx['max_length']} {unit}, got {ctx['actual_length']}"
+    if kind == "greater_than_equal":
+        return f"must be at least {ctx['ge']:g}"
+    if kind == "literal_error":
+        choices = sorted(re.findall(r"'([^']*)'", str(ctx.get("expected", ""))))
+        return f"must be one of {', '.join(choices)}"
+    if kind == "json_invalid":
+        return f"is not valid JSON: {ctx.get('error', '')}"
+    return _TYPE_MESSAGES.get(kind, str(error["msg"]))
+
+
+# --- schemas generated from the models ------------------------------------------------------
+
+
+def schema_components(models: Sequence[type[Any]]) -> dict[str, Any]:
+    """OpenAPI component schemas of ``models`` and of every model they use, named by class."""
+    _, schema = pydantic.TypeAdapter.json_schemas(
+        [(model.__name__, "validation", _adapter(model)) for model in models],
+        ref_template="#/components/schemas/{model}",
+    )
+    return dict(_untitled(schema["$defs"]))
+
+
+def tool_schema(model: type[Any]) -> dict[str, Any]:
+    """An MCP tool's input schema: the model's JSON schema with nested models inlined."""
+    schema = _adapter(model).json_schema()
+    definitions = schema.pop("$defs", {})
+    schema.pop("description", None)  # the tool's own description says it
+    return dict(_optional_not_null(_untitled(_inline(schema, definitions))))
+
+
+def _optional_not_null(schema: Any) -> Any:
+    """Optional properties as plain types: an agent leaves them out rather than send null."""
+    if isinstance(schema, list):
+        return [_optional_not_null(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    schema = {key: _optional_not_null(value) for key, value in schema.items()}
+    variants = schema.get("anyOf")
+    if isinstance(variants, list) and {"type": "null"} in variants and len(variants) == 2:
+        [kept] = [variant for variant in variants if variant != {"type": "null"}]
+        rest = {k: v for k, v in schema.items() if k != "anyOf" and (k, v) != ("default", None)}
+        schema = {**kept, **rest}
+    return schema
+
+
+def _inline(schema: Any, definitions: dict[str, Any]) -> Any:
+    if isinstance(schema, list):
+        return [_inline(item, definitions) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        rest = {key: value for key, value in schema.items() if key != "$ref"}
+        return _inline({**definitions[name], **rest}, definitions)
+    return {key: _inline(value, definitions) for key, value in schema.items()}
+
+
+def _untitled(schema: Any) -> Any:
+    """Without pydantic's generated titles ("Customerid"): names and descriptions say it."""
+    if isinstance(schema, list):
+        return [_untitled(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    return {
+        key: _untitled(value)
+        for key, value in schema.items()
+        if not (key == "title" and isinstance(value, str))
+    }

@@ -1,7 +1,8 @@
 """The capability spec's seven operations as MCP tools, on the REST API's service layer.
 
-Each tool validates its arguments with the same functions as the matching REST route, calls
-the same service, and answers the same JSON object (as ``structuredContent`` and as JSON text).
+Each tool validates its arguments with the same model as the matching REST route (its input
+schema is generated from that model), calls the same service, and answers the same JSON object
+(as ``structuredContent`` and as JSON text).
 Every failure is a tool result with ``isError: true`` and the REST API's error object, so an
 agent reads what went wrong instead of the client seeing a protocol error.
 """
@@ -11,72 +12,73 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import mcp.types as types
 import orjson
+from pydantic import Field
 
 from sidecar.api.errors import ApiError, describe_upstream_error
 from sidecar.api.json_limits import json_depth_exceeds, too_deep_message
 from sidecar.api.rest import MAX_REQUESTED_VALUES
 from sidecar.entitlements.model import CheckRequest
 from sidecar.provisioning import (
-    BILLING_PERIODS,
-    CANCELLATION_TIMES,
+    CancelSubscriptionRequest,
+    CustomerRef,
+    ProvisionCustomerRequest,
+    ProvisionSubscriptionRequest,
     cancel_subscription_input,
     provision_customer_input,
     provision_subscription_input,
 )
 from sidecar.services import Services
 from sidecar.upstream.errors import UpstreamError
-from sidecar.usage.model import UPDATE_BEHAVIORS, parse_usage
-from sidecar.validation import Fields, ValidationError, id_schema
+from sidecar.usage.model import UsageReport, parse_usage
+from sidecar.validation import Id, ValidationError, tool_schema, validate
 
 log = logging.getLogger(__name__)
 
 Arguments = Mapping[str, Any]
 ToolFunction = Callable[[Services, Arguments], Awaitable[dict[str, Any]]]
 
-# --- JSON schemas (camelCase like the REST API; unknown properties are rejected) ---------
+# --- the arguments of the tools without a REST body (the rest take the body's model) --------
+
+_ResourceId = Annotated[
+    Id | None, Field(description="The resource (e.g. a workspace) the entitlements are scoped to.")
+]
 
 
-def _id(description: str) -> dict[str, Any]:
-    return id_schema(description + " (letters, digits and _.:@+-).")
+class EntitlementsArguments(CustomerRef):
+    """`get-entitlements`."""
+
+    resource_id: _ResourceId = None
 
 
-def _object(
-    properties: dict[str, Any], required: tuple[str, ...] = (), description: str | None = None
-) -> dict[str, Any]:
-    schema: dict[str, Any] = {
-        "type": "object",
-        "properties": properties,
-        "required": list(required),
-        "additionalProperties": False,
-    }
-    if description is not None:
-        schema["description"] = description
-    return schema
+class CheckArguments(CustomerRef):
+    """`check-entitlement`: the query of `GET /v1/entitlements` as a JSON object."""
+
+    feature_id: Annotated[Id, Field(description="The feature's id, e.g. feature-api-calls.")]
+    resource_id: _ResourceId = None
+    requested_usage: Annotated[
+        float | None,
+        Field(ge=0, description="Usage about to be consumed; denied beyond the limit."),
+    ] = None
+    requested_values: (
+        Annotated[
+            list[Annotated[str, Field(pattern=r"\S")]],
+            Field(
+                max_length=MAX_REQUESTED_VALUES,
+                description='Enum values that must all be entitled, e.g. ["us", "eu"].',
+            ),
+        ]
+        | None
+    ) = None
 
 
-_METADATA = {
-    "type": "object",
-    "description": "Free-form key/value metadata stored with the entity in Stigg.",
-}
-_DATE_TIME = {"type": "string", "format": "date-time"}
+class CancelArguments(CancelSubscriptionRequest):
+    """`cancel-subscription`: the path's id and the REST body in one object."""
 
-_SUBSCRIPTION_PROPERTIES: dict[str, Any] = {
-    "planId": _id("The plan to subscribe to, e.g. plan-pro"),
-    "billingPeriod": {"type": "string", "enum": list(BILLING_PERIODS)},
-    "unitQuantity": {"type": "number", "minimum": 1, "description": "Seats or units."},
-    "resourceId": _id("The resource (e.g. a workspace) this subscription is for"),
-    "subscriptionId": _id("Your id for the new subscription; Stigg makes one up if omitted"),
-    "additionalMetaData": _METADATA,
-    "startDate": {**_DATE_TIME, "description": "When the subscription starts (ISO-8601)."},
-}
-
-_CUSTOMER_ID = _id("The customer's id in Stigg")
-_FEATURE_ID = _id("The feature's id in Stigg, e.g. feature-api-calls")
-_RESOURCE_ID = _id("Optional resource (e.g. a workspace) the entitlement is scoped to")
+    subscription_id: Annotated[Id, Field(description="The subscription (see get-customer).")]
 
 
 @dataclass(frozen=True)
@@ -113,23 +115,13 @@ class ToolSpec:
 # --- the tools: argument validation as in sidecar/api/rest.py, then the same service call ---
 
 
-def _fields(arguments: Arguments, allowed: tuple[str, ...]) -> Fields:
-    return Fields(arguments, allowed=allowed)
-
-
-def _required_id(fields: Fields, key: str) -> str:
-    value = fields.identifier(key, required=True)
-    assert value is not None  # required=True raises instead
-    return value
-
-
 async def _provision_customer(services: Services, arguments: Arguments) -> dict[str, Any]:
     payload = provision_customer_input(arguments)
     return await services.provisioning.provision_customer(payload)
 
 
 async def _get_customer(services: Services, arguments: Arguments) -> dict[str, Any]:
-    customer_id = _required_id(_fields(arguments, ("customerId",)), "customerId")
+    customer_id = validate(CustomerRef, arguments).customer_id
     return await services.provisioning.get_customer(customer_id)
 
 
@@ -139,41 +131,28 @@ async def _create_subscription(services: Services, arguments: Arguments) -> dict
 
 
 async def _cancel_subscription(services: Services, arguments: Arguments) -> dict[str, Any]:
-    fields = _fields(arguments, ("subscriptionId", "cancellationTime", "endDate"))
-    subscription_id = _required_id(fields, "subscriptionId")
+    subscription_id = validate(CancelArguments, arguments).subscription_id
     body = {key: value for key, value in arguments.items() if key != "subscriptionId"}
     payload = cancel_subscription_input(subscription_id, body)
     return await services.provisioning.cancel_subscription(payload)
 
 
-def _requested_values(value: Any) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-        raise ValidationError("requestedValues", "must be a list of non-empty strings")
-    if len(value) > MAX_REQUESTED_VALUES:
-        raise ValidationError("requestedValues", f"at most {MAX_REQUESTED_VALUES} values")
-    return tuple(v.strip() for v in value) or None
-
-
 async def _check_entitlement(services: Services, arguments: Arguments) -> dict[str, Any]:
-    fields = _fields(
-        arguments, ("customerId", "featureId", "resourceId", "requestedUsage", "requestedValues")
-    )
+    arguments_ = validate(CheckArguments, arguments)
+    values = arguments_.requested_values
     check = CheckRequest(
-        customer_id=_required_id(fields, "customerId"),
-        feature_id=_required_id(fields, "featureId"),
-        resource_id=fields.identifier("resourceId"),
-        requested_usage=fields.number("requestedUsage", minimum=0),
-        requested_values=_requested_values(arguments.get("requestedValues")),
+        customer_id=arguments_.customer_id,
+        feature_id=arguments_.feature_id,
+        resource_id=arguments_.resource_id,
+        requested_usage=arguments_.requested_usage,
+        requested_values=tuple(v.strip() for v in values) or None if values else None,
     )
     return await services.entitlements.check(check)
 
 
 async def _get_entitlements(services: Services, arguments: Arguments) -> dict[str, Any]:
-    fields = _fields(arguments, ("customerId", "resourceId"))
-    customer_id = _required_id(fields, "customerId")
-    return await services.entitlements.list(customer_id, fields.identifier("resourceId"))
+    arguments_ = validate(EntitlementsArguments, arguments)
+    return await services.entitlements.list(arguments_.customer_id, arguments_.resource_id)
 
 
 async def _report_usage(services: Services, arguments: Arguments) -> dict[str, Any]:
@@ -191,25 +170,7 @@ TOOLS: tuple[ToolSpec, ...] = (
             "Fails with a conflict if the customerId already exists: use get-customer to look "
             "one up first when unsure."
         ),
-        input_schema=_object(
-            {
-                "customerId": _id("Your id for the new customer"),
-                "name": {"type": "string", "maxLength": 500},
-                "email": {"type": "string", "maxLength": 320},
-                "billingId": {
-                    "type": "string",
-                    "maxLength": 255,
-                    "description": "The customer's id in the billing system.",
-                },
-                "additionalMetaData": _METADATA,
-                "subscriptionParams": _object(
-                    _SUBSCRIPTION_PROPERTIES,
-                    ("planId",),
-                    "Subscribe the new customer to this plan right away.",
-                ),
-            },
-            ("customerId",),
-        ),
+        input_schema=tool_schema(ProvisionCustomerRequest),
         read_only=False,
         destructive=False,
         idempotent=False,
@@ -223,7 +184,7 @@ TOOLS: tuple[ToolSpec, ...] = (
             "billing period, dates). Use it to see which plan a customer is on or whether "
             "they exist; it changes nothing."
         ),
-        input_schema=_object({"customerId": _CUSTOMER_ID}, ("customerId",)),
+        input_schema=tool_schema(CustomerRef),
         read_only=True,
         destructive=False,
         idempotent=True,
@@ -237,9 +198,7 @@ TOOLS: tuple[ToolSpec, ...] = (
             "Use it when a customer picks or changes a plan; the answer carries the "
             "subscription and its status. Pass subscriptionId to choose its id."
         ),
-        input_schema=_object(
-            {"customerId": _CUSTOMER_ID, **_SUBSCRIPTION_PROPERTIES}, ("customerId", "planId")
-        ),
+        input_schema=tool_schema(ProvisionSubscriptionRequest),
         read_only=False,
         destructive=False,
         idempotent=False,
@@ -254,17 +213,7 @@ TOOLS: tuple[ToolSpec, ...] = (
             "operator asked to cancel. Cancelling again has no further effect (it reports a "
             "conflict)."
         ),
-        input_schema=_object(
-            {
-                "subscriptionId": _id("The subscription to cancel (see get-customer)"),
-                "cancellationTime": {"type": "string", "enum": list(CANCELLATION_TIMES)},
-                "endDate": {
-                    **_DATE_TIME,
-                    "description": "End date when cancellationTime is SPECIFIC_DATE.",
-                },
-            },
-            ("subscriptionId",),
-        ),
+        input_schema=tool_schema(CancelArguments),
         read_only=False,
         destructive=True,
         idempotent=True,
@@ -279,25 +228,7 @@ TOOLS: tuple[ToolSpec, ...] = (
             "a plan may not include; pass requestedUsage to ask whether that much more usage "
             "fits, or requestedValues for an enum feature. It changes nothing."
         ),
-        input_schema=_object(
-            {
-                "customerId": _CUSTOMER_ID,
-                "featureId": _FEATURE_ID,
-                "resourceId": _RESOURCE_ID,
-                "requestedUsage": {
-                    "type": "number",
-                    "minimum": 0,
-                    "description": "Usage about to be consumed; denied if it exceeds the limit.",
-                },
-                "requestedValues": {
-                    "type": "array",
-                    "items": {"type": "string", "minLength": 1},
-                    "maxItems": MAX_REQUESTED_VALUES,
-                    "description": 'Enum values that must all be entitled, e.g. ["us", "eu"].',
-                },
-            },
-            ("customerId", "featureId"),
-        ),
+        input_schema=tool_schema(CheckArguments),
         read_only=True,
         destructive=False,
         idempotent=True,
@@ -311,9 +242,7 @@ TOOLS: tuple[ToolSpec, ...] = (
             "and current usage. Use it to explain a customer's plan or to compare plans; to "
             "gate one action, check-entitlement is enough. It changes nothing."
         ),
-        input_schema=_object(
-            {"customerId": _CUSTOMER_ID, "resourceId": _RESOURCE_ID}, ("customerId",)
-        ),
+        input_schema=tool_schema(EntitlementsArguments),
         read_only=True,
         destructive=False,
         idempotent=True,
@@ -328,23 +257,7 @@ TOOLS: tuple[ToolSpec, ...] = (
             "Pass an idempotencyKey and reuse it when retrying: a report with a key already "
             "seen is counted once."
         ),
-        input_schema=_object(
-            {
-                "customerId": _CUSTOMER_ID,
-                "featureId": _FEATURE_ID,
-                "value": {"type": "number", "description": "Amount used (or the new total)."},
-                "resourceId": _RESOURCE_ID,
-                "updateBehavior": {"type": "string", "enum": list(UPDATE_BEHAVIORS)},
-                "idempotencyKey": {"type": "string", "minLength": 1, "maxLength": 255},
-                "timestamp": {**_DATE_TIME, "description": "When it was used; default now."},
-                "dimensions": {
-                    "type": "object",
-                    "additionalProperties": {"type": ["string", "number", "boolean"]},
-                    "description": "Extra attributes of the usage event.",
-                },
-            },
-            ("customerId", "featureId", "value"),
-        ),
+        input_schema=tool_schema(UsageReport),
         read_only=False,
         destructive=False,
         idempotent=False,

@@ -6,8 +6,14 @@ from functools import cache
 from typing import Any
 
 from sidecar import __version__
-from sidecar.api.usage_openapi import USAGE_SCHEMAS, usage_paths
-from sidecar.validation import id_schema
+from sidecar.api.mcp_tools import CheckArguments
+from sidecar.api.usage_openapi import USAGE_MODELS, USAGE_SCHEMAS, usage_paths
+from sidecar.provisioning import (
+    CancelSubscriptionRequest,
+    ProvisionCustomerRequest,
+    ProvisionSubscriptionRequest,
+)
+from sidecar.validation import id_schema, schema_components, tool_schema
 
 JSON = "application/json"
 
@@ -67,6 +73,23 @@ def _ok(schema_name: str, status: int = 200, description: str = "OK") -> dict[st
     }
 
 
+def _query_parameters(model: type[Any], **descriptions: str) -> list[dict[str, Any]]:
+    """A route's query parameters from the model its MCP tool takes: the same names and
+    constraints, an empty optional parameter read as absent, a list given comma-separated."""
+    schema = tool_schema(model)
+    parameters = []
+    for name, prop in schema["properties"].items():
+        prop = {key: value for key, value in prop.items() if key != "description"}
+        required = name in schema["required"]
+        if prop.get("type") == "array":
+            prop = {"type": "string"}
+        elif not required:
+            prop = {"anyOf": [prop, _EMPTY]}
+        description = descriptions.get(name) or schema["properties"][name].get("description", "")
+        parameters.append(_param(name, "query", description, required=required, schema=prop))
+    return parameters
+
+
 def _param(
     name: str,
     where: str,
@@ -84,16 +107,6 @@ def _param(
     }
 
 
-_SUBSCRIPTION_PROPS: dict[str, Any] = {
-    "planId": {**_ID, "description": "The plan's id in Stigg."},
-    "billingPeriod": {"type": "string", "enum": ["MONTHLY", "ANNUALLY"]},
-    "unitQuantity": {"type": "number", "minimum": 1},
-    "resourceId": {**_ID, "description": "For multi-resource products."},
-    "subscriptionId": {**_ID, "description": "Your id for the new subscription."},
-    "additionalMetaData": _OBJECT,
-    "startDate": _DATE_TIME,
-}
-
 _SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object",
@@ -109,24 +122,6 @@ _SCHEMAS: dict[str, Any] = {
                     "stiggCode": _string("Stigg's own error code, when Stigg answered one."),
                 },
             }
-        },
-    },
-    "ProvisionCustomerRequest": {
-        "type": "object",
-        "required": ["customerId"],
-        "additionalProperties": False,
-        "properties": {
-            "customerId": _ID,
-            "name": {"type": "string", "maxLength": 500},
-            "email": {"type": "string", "maxLength": 320},
-            "billingId": {"type": "string", "maxLength": 255},
-            "additionalMetaData": _OBJECT,
-            "subscriptionParams": {
-                "type": "object",
-                "required": ["planId"],
-                "additionalProperties": False,
-                "properties": _SUBSCRIPTION_PROPS,
-            },
         },
     },
     "Customer": {
@@ -149,23 +144,6 @@ _SCHEMAS: dict[str, Any] = {
             "customer": _ref("Customer"),
             "subscription": _nullable(_ref("Subscription")),
             "subscriptionDecisionStrategy": {"type": "string"},
-        },
-    },
-    "ProvisionSubscriptionRequest": {
-        "type": "object",
-        "required": ["customerId", "planId"],
-        "additionalProperties": False,
-        "properties": {"customerId": _ID, **_SUBSCRIPTION_PROPS},
-    },
-    "CancelSubscriptionRequest": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "cancellationTime": {
-                "type": "string",
-                "enum": ["IMMEDIATE", "END_OF_BILLING_PERIOD", "SPECIFIC_DATE"],
-            },
-            "endDate": _DATE_TIME,
         },
     },
     "Subscription": {
@@ -414,24 +392,13 @@ def openapi_document() -> dict[str, Any]:
             "get": {
                 "operationId": "checkEntitlement",
                 "summary": "May this customer use this feature (and this much of it)?",
-                "parameters": [
-                    _param("customerId", "query", "The customer's id.", required=True),
-                    _param("featureId", "query", "The feature's id.", required=True),
-                    _param("resourceId", "query", "For multi-resource products.", schema=_QUERY_ID),
-                    _param(
-                        "requestedUsage",
-                        "query",
-                        "Metered features: denied when currentUsage + requestedUsage > usageLimit."
-                        " Without it, denied when no usage is left.",
-                        schema={"anyOf": [{"type": "number", "minimum": 0}, _EMPTY]},
-                    ),
-                    _param(
-                        "requestedValues",
-                        "query",
-                        "Enum features: comma-separated values that must all be entitled.",
-                        schema={"type": "string"},
-                    ),
-                ],
+                "parameters": _query_parameters(
+                    CheckArguments,
+                    requestedUsage="Metered features: denied when currentUsage + requestedUsage"
+                    " > usageLimit. Without it, denied when no usage is left.",
+                    requestedValues="Enum features: comma-separated values that must all be"
+                    " entitled.",
+                ),
                 "responses": {**_ok("Entitlement"), **_errors(400, *_UPSTREAM_ERRORS)},
             }
         },
@@ -528,7 +495,15 @@ def openapi_document() -> dict[str, Any]:
     }
     paths.update(_edge_paths())
     paths.update(usage_paths())
-    schemas = {**_SCHEMAS, **USAGE_SCHEMAS}
+    requests = schema_components(
+        [
+            ProvisionCustomerRequest,
+            ProvisionSubscriptionRequest,
+            CancelSubscriptionRequest,
+            *USAGE_MODELS,
+        ]
+    )
+    schemas = {**_SCHEMAS, **USAGE_SCHEMAS, **requests}
     for schema in schemas.values():
         _null_means_absent(schema)
     return {

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from aiohttp import web
+from pydantic import Field, WithJsonSchema, model_validator
 
 from sidecar.api.errors import error_response
-from sidecar.api.http import json_response, read_json
+from sidecar.api.http import json_response, parse_json, read_body
 from sidecar.services import SERVICES
 from sidecar.usage.model import (
     KINDS,
@@ -21,22 +22,61 @@ from sidecar.usage.model import (
     parse_usage_request,
 )
 from sidecar.usage.service import UsageService, UsageUnavailable, acceptance
-from sidecar.validation import Fields, ValidationError, parse_number
+from sidecar.validation import Model, ValidationError, checked, parse_number, validate
 
 Report = TypeVar("Report", UsageReport, EventReport)
 
 MAX_DEAD_LETTERS_PAGE = 1000
 MAX_REPLAY_IDS = 10_000
 # A dead letter's id: the SQLite spool's row number or the Redis spool's stream id ("ms-seq"),
-# in ASCII digits only (``str.isdigit`` also takes "¹" and "٣", which ``int`` then rejects), and
-# at most 18 of them, so every part fits SQLite's signed 64-bit integers.
-_DEAD_LETTER_ID = re.compile(r"[0-9]{1,18}(?:-[0-9]{1,18})?", re.ASCII)
+# in ASCII digits only (not "¹" or "٣", which ``int`` then rejects), and at most 18 of them, so
+# every part fits SQLite's signed 64-bit integers.
+DEAD_LETTER_ID_PATTERN = r"^[0-9]{1,18}(-[0-9]{1,18})?$"
+_DEAD_LETTER_ID = re.compile(DEAD_LETTER_ID_PATTERN, re.ASCII)
 
 
-def _dead_letter_id(field: str, value: object) -> str:
+def _dead_letter_id(value: Any) -> str:
     if not isinstance(value, str) or _DEAD_LETTER_ID.fullmatch(value) is None:
-        raise ValidationError(field, "must be a dead-letter id (digits, or digits-digits)")
+        raise ValidationError("", "must be a dead-letter id (digits, or digits-digits)")
     return value
+
+
+DeadLetterId = Annotated[
+    str,
+    checked(_dead_letter_id),
+    WithJsonSchema({"type": "string", "pattern": DEAD_LETTER_ID_PATTERN}),
+]
+
+
+class DeadLetterReplay(Model):
+    """`POST /v1/usage/dead-letters`: either `ids`, or `all: true`."""
+
+    model_config = {
+        "json_schema_extra": {
+            "oneOf": [
+                {
+                    "required": ["ids"],
+                    "properties": {"ids": {"type": "array"}, "all": {"enum": [False, None]}},
+                },
+                {
+                    "required": ["all"],
+                    "properties": {"all": {"const": True}},
+                    "not": {"required": ["ids"]},
+                },
+            ]
+        }
+    }
+
+    ids: Annotated[list[DeadLetterId], Field(min_length=1, max_length=MAX_REPLAY_IDS)] | None = None
+    all: bool | None = None
+
+    @model_validator(mode="after")
+    def _ids_or_all(self) -> DeadLetterReplay:
+        if self.all and self.ids is not None:
+            raise ValidationError("ids", "give either ids or all, not both")
+        if not self.all and self.ids is None:
+            raise ValidationError("ids", "must be a non-empty array of dead-letter ids")
+        return self
 
 
 def _usage(request: web.Request) -> UsageService:
@@ -74,7 +114,12 @@ async def _accept(
 ) -> web.Response:
     """Parse all, spool all (or none), answer 202 with one acceptance per report."""
     max_reports = _usage(request).settings.max_reports_per_request
-    reports, batch = parse(await read_json(request), max_reports=max_reports)
+    body = await read_body(request)
+    try:
+        reports, batch = parse(body, max_reports=max_reports)  # one pass, from the bytes
+    except ValidationError:
+        # Say what is wrong as every route does: bad JSON and too deep a nesting first.
+        reports, batch = parse(parse_json(body), max_reports=max_reports)
     try:
         stored = await accept(reports)
     except UsageUnavailable as exc:
@@ -99,7 +144,10 @@ async def list_dead_letters(request: web.Request) -> web.Response:
         limit = min(limit, MAX_DEAD_LETTERS_PAGE)
     after = request.query.get("after") or None
     if after is not None:
-        _dead_letter_id("after", after)
+        try:
+            _dead_letter_id(after)
+        except ValidationError as exc:
+            raise exc.under("after") from None
     letters = await _usage(request).dead_letters(kind, limit, after)
     return json_response(
         {
@@ -110,19 +158,8 @@ async def list_dead_letters(request: web.Request) -> web.Response:
 
 
 async def replay_dead_letters(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    replay_all = Fields(body, allowed=("ids", "all")).boolean("all")
-    ids = body.get("ids")
-    if replay_all and ids is not None:
-        raise ValidationError("ids", "give either ids or all, not both")
-    if not replay_all:
-        if not isinstance(ids, list) or not ids:
-            raise ValidationError("ids", "must be a non-empty array of dead-letter ids")
-        if len(ids) > MAX_REPLAY_IDS:
-            raise ValidationError("ids", f"must have at most {MAX_REPLAY_IDS} items")
-        for index, value in enumerate(ids):
-            _dead_letter_id(f"ids[{index}]", value)
-    replayed = await _usage(request).replay(None if replay_all else ids)
+    replay = validate(DeadLetterReplay, parse_json(await read_body(request)))
+    replayed = await _usage(request).replay(None if replay.all else replay.ids)
     return json_response({"replayed": replayed}, status=202)
 
 

@@ -2,36 +2,23 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
-from sidecar.validation import id_schema
+from sidecar.api.usage import DEAD_LETTER_ID_PATTERN, DeadLetterReplay
+from sidecar.usage.model import EventBatch, EventReport, UsageReport, UsageReportBatch
 
 JSON = "application/json"
-_ID = id_schema()
+USAGE_MODELS: tuple[type[Any], ...] = (
+    UsageReport,
+    UsageReportBatch,
+    EventReport,
+    EventBatch,
+    DeadLetterReplay,
+)
 
 
-def _years_up_to(last: int) -> str:
-    """A pattern of the years 1000 to ``last`` at the start of a date."""
-    decade, digit = divmod(last, 10)
-    decades = [rf"{d}\d" for d in range(200, decade)]
-    return "^(" + "|".join([r"1\d{3}", *decades, f"{decade}[0-{digit}]"]) + ")-"
-
-
-# Reports happened in the past: a date of a later year is refused (a few minutes of clock skew
-# are allowed within this year, which a pattern cannot say).
-_DATE_TIME = {
-    "type": "string",
-    "format": "date-time",
-    "pattern": _years_up_to(datetime.now(UTC).year),
-}
-_DEAD_LETTER_ID = {"type": "string", "pattern": r"^[0-9]{1,18}(-[0-9]{1,18})?$"}
+_DEAD_LETTER_ID = {"type": "string", "pattern": DEAD_LETTER_ID_PATTERN}
 _EMPTY = {"type": "string", "maxLength": 0}  # an empty query parameter reads as absent
-_DIMENSIONS = {
-    "type": "object",
-    "maxProperties": 50,
-    "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
-}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -72,44 +59,6 @@ def _accepted(schema: str, description: str) -> dict[str, Any]:
 
 
 USAGE_SCHEMAS: dict[str, Any] = {
-    "UsageReport": {
-        "type": "object",
-        "required": ["customerId", "featureId", "value"],
-        "additionalProperties": False,
-        "properties": {
-            "customerId": _ID,
-            "featureId": _ID,
-            "value": {"type": "number", "description": "Finite; added (DELTA) or set (SET)."},
-            "resourceId": _ID,
-            "updateBehavior": {"type": "string", "enum": ["DELTA", "SET"], "default": "DELTA"},
-            "idempotencyKey": {
-                "type": "string",
-                "maxLength": 255,
-                "pattern": r"\S",
-                "description": "Repeat it to retry safely (remembered for 24 h); minted by the"
-                " sidecar (`sidecar-<uuid>`) when absent.",
-            },
-            "timestamp": {
-                **_DATE_TIME,
-                "description": "When the usage happened; not in the future. Default: when the"
-                " sidecar accepted it.",
-            },
-            "dimensions": _DIMENSIONS,
-        },
-    },
-    "UsageReportBatch": {
-        "type": "object",
-        "required": ["usages"],
-        "additionalProperties": False,
-        "properties": {
-            "usages": {
-                "type": "array",
-                "minItems": 1,
-                "maxItems": 1000,
-                "items": _ref("UsageReport"),
-            }
-        },
-    },
     "Acceptance": {
         "type": "object",
         "required": ["id", "idempotencyKey", "status"],
@@ -136,33 +85,6 @@ USAGE_SCHEMAS: dict[str, Any] = {
             "events": {"type": "array", "items": _ref("Acceptance")},
         },
     },
-    "Event": {
-        "type": "object",
-        "required": ["eventName", "customerId"],
-        "additionalProperties": False,
-        "properties": {
-            # At least one character that is not white space (as the API checks it).
-            "eventName": {"type": "string", "pattern": r"\S", "maxLength": 255},
-            "customerId": _ID,
-            "idempotencyKey": {
-                "type": "string",
-                "maxLength": 255,
-                "pattern": r"\S",
-                "description": "Minted by the sidecar when absent.",
-            },
-            "resourceId": _ID,
-            "timestamp": _DATE_TIME,
-            "dimensions": _DIMENSIONS,
-        },
-    },
-    "EventBatch": {
-        "type": "object",
-        "required": ["events"],
-        "additionalProperties": False,
-        "properties": {
-            "events": {"type": "array", "minItems": 1, "maxItems": 1000, "items": _ref("Event")}
-        },
-    },
     "DeadLetter": {
         "type": "object",
         "properties": {
@@ -181,26 +103,6 @@ USAGE_SCHEMAS: dict[str, Any] = {
             "deadLetters": {"type": "array", "items": _ref("DeadLetter")},
             "next": _nullable({"type": "string", "description": "Pass as `after` for more."}),
         },
-    },
-    "DeadLetterReplay": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "ids": {"type": "array", "items": _DEAD_LETTER_ID, "minItems": 1, "maxItems": 10000},
-            "all": {"type": "boolean"},
-        },
-        "description": "Either `ids`, or `all: true`.",
-        "oneOf": [
-            {
-                "required": ["ids"],
-                "properties": {"ids": {"type": "array"}, "all": {"enum": [False, None]}},
-            },
-            {
-                "required": ["all"],
-                "properties": {"all": {"const": True}},
-                "not": {"required": ["ids"]},
-            },
-        ],
     },
     "DeadLetterReplayResult": {
         "type": "object",
@@ -260,7 +162,9 @@ def usage_paths() -> dict[str, Any]:
                 "summary": "Report raw events for Stigg's meters (`reportEvent`).",
                 "requestBody": {
                     "required": True,
-                    "content": {JSON: {"schema": {"oneOf": [_ref("Event"), _ref("EventBatch")]}}},
+                    "content": {
+                        JSON: {"schema": {"oneOf": [_ref("EventReport"), _ref("EventBatch")]}}
+                    },
                 },
                 "responses": {
                     "202": {

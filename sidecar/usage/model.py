@@ -1,47 +1,110 @@
-"""Usage reports and raw events as the sidecar accepts them, validated, as they are spooled,
-and as Stigg wants them."""
+"""Usage reports and raw events: the one definition of each (validated straight from the
+request's JSON bytes, and the source of the OpenAPI and MCP schemas), as they are spooled and
+as Stigg wants them."""
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, ConfigDict, Field, Strict, WithJsonSchema
+from pydantic.json_schema import SkipJsonSchema
 
 from sidecar.timestamps import format_iso as iso
-from sidecar.validation import Fields, ValidationError, check_number
+from sidecar.validation import (
+    MODEL_CONFIG,
+    Id,
+    Model,
+    PastTimestamp,
+    ValidationError,
+    check_number,
+    checked,
+    validate,
+)
 
 Kind = Literal["usage", "event"]
 KINDS: tuple[Kind, ...] = ("usage", "event")
 
-UPDATE_BEHAVIORS = ("DELTA", "SET")
 MAX_DIMENSION_VALUE_LENGTH = 1000
+MAX_EVENT_NAME_LENGTH = 255
 
-_FIELDS = (
-    "customerId",
-    "featureId",
-    "value",
-    "resourceId",
-    "updateBehavior",
-    "idempotencyKey",
-    "timestamp",
-    "dimensions",
-)
+
+def _dimension(value: Any) -> str | float | bool | None:
+    if isinstance(value, str):
+        if len(value) > MAX_DIMENSION_VALUE_LENGTH:
+            raise ValidationError("", "is too long")
+        return value
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int | float):
+        check_number("", value)  # rejects NaN, Infinity and integers beyond a float
+        return value
+    raise ValidationError("", "must be a string, number or boolean")
+
+
+Dimensions = Annotated[
+    dict[
+        str,
+        Annotated[
+            str | int | float | bool,
+            checked(_dimension),
+            WithJsonSchema({"type": ["string", "number", "boolean", "null"]}),
+        ],
+    ],
+    Field(max_length=50, description="Extra attributes (at most 50)."),
+]
+
+
+def _mint_key() -> str:
+    return f"sidecar-{uuid.uuid4()}"
+
+
+# The key the app sent, or one minted for it (also for null); ``KeyFromClient`` reads the same
+# input key, so both fields come out of the one pass over the JSON.
+IdempotencyKey = Annotated[
+    str,
+    Strict(),
+    Field(
+        max_length=255,
+        pattern=r"\S",
+        description="Repeat it to retry safely (remembered for 24 h); minted by the sidecar"
+        " (`sidecar-<uuid>`) when absent.",
+    ),
+    BeforeValidator(lambda value: _mint_key() if value is None else value),
+]
+KeyFromClient = Annotated[
+    SkipJsonSchema[bool],
+    BeforeValidator(lambda value: value is not None),
+    Field(validation_alias="idempotencyKey"),
+]
+# Lax, so a dict (MCP arguments, gRPC) makes a report, not only an instance; the fields that
+# strictness guards (a number given as "1" or true) say Strict themselves.
+REPORT_CONFIG = MODEL_CONFIG | ConfigDict(strict=False)
+UpdateBehavior = Annotated[
+    Literal["DELTA", "SET"], BeforeValidator(lambda value: "DELTA" if value is None else value)
+]
 
 
 @dataclass(frozen=True, slots=True)
 class UsageReport:
-    """One validated report; ``idempotency_key`` is always set (minted when the app sent none)."""
+    """One usage report, as `POST /v1/usage`, gRPC and the `report-usage` tool take it;
+    `idempotencyKey` is minted when the app sent none."""
 
-    customer_id: str
-    feature_id: str
-    value: float
-    update_behavior: str
-    idempotency_key: str
-    key_from_client: bool
-    resource_id: str | None = None
-    timestamp: datetime | None = None
-    dimensions: dict[str, str | int | float | bool] | None = None
+    __pydantic_config__ = REPORT_CONFIG
+
+    customer_id: Id
+    feature_id: Id
+    value: Annotated[float, Strict(), Field(description="Finite; added (DELTA) or set (SET).")]
+    update_behavior: UpdateBehavior = "DELTA"
+    idempotency_key: IdempotencyKey = field(default_factory=_mint_key)
+    key_from_client: KeyFromClient = False
+    resource_id: Id | None = None
+    timestamp: Annotated[
+        PastTimestamp | None,
+        Field(description="When the usage happened; default: when the sidecar accepted it."),
+    ] = None
+    dimensions: Dimensions | None = None
 
     def to_record(self) -> dict[str, Any]:
         """The spooled form: the API's field names, so dead letters read like the request."""
@@ -62,85 +125,47 @@ class UsageReport:
         return record
 
 
+class UsageReportBatch(Model):
+    """Up to 1,000 reports (`usage.maxReportsPerRequest`), stored all or none."""
+
+    usages: Annotated[list[UsageReport], Field(min_length=1, max_length=1000)]
+
+
 def parse_usage(data: Any, *, path: str = "") -> UsageReport:
     """Validate one report from JSON, raising ``ValidationError`` naming the bad field."""
-    fields = Fields(data, path=path, allowed=_FIELDS)
-    customer_id = fields.identifier("customerId", required=True)
-    feature_id = fields.identifier("featureId", required=True)
-    value = fields.number("value", required=True)
-    behavior = fields.choice("updateBehavior", UPDATE_BEHAVIORS, default="DELTA")
-    key = fields.string("idempotencyKey", max_length=255)
-    if key is not None and not key.strip():
-        raise ValidationError(
-            f"{path}.idempotencyKey" if path else "idempotencyKey", "must not be empty"
-        )
-    dimensions = fields.object("dimensions")
-    if dimensions is not None:
-        _check_dimensions(dimensions, f"{path}.dimensions" if path else "dimensions")
-    # required=True and a default guarantee these; the asserts tell the type checker.
-    assert customer_id is not None
-    assert feature_id is not None
-    assert value is not None
-    assert behavior is not None
-    return UsageReport(
-        customer_id=customer_id,
-        feature_id=feature_id,
-        value=value,
-        update_behavior=behavior,
-        idempotency_key=key if key is not None else f"sidecar-{uuid.uuid4()}",
-        key_from_client=key is not None,
-        resource_id=fields.identifier("resourceId"),
-        timestamp=fields.timestamp("timestamp"),
-        dimensions=dimensions,
-    )
+    try:
+        return validate(UsageReport, data)
+    except ValidationError as exc:
+        raise exc.under(path) from None
 
 
-def _check_dimensions(dimensions: dict[str, Any], name: str) -> None:
-    for key, value in dimensions.items():
-        if isinstance(value, str):
-            if len(value) > MAX_DIMENSION_VALUE_LENGTH:
-                raise ValidationError(f"{name}.{key}", "is too long")
-        elif isinstance(value, bool) or value is None:
-            continue
-        elif isinstance(value, int | float):
-            check_number(f"{name}.{key}", value)  # rejects NaN and Infinity
-        else:
-            raise ValidationError(f"{name}.{key}", "must be a string, number or boolean")
-
-
-def parse_usage_request(data: Any, *, max_reports: int) -> tuple[list[UsageReport], bool]:
-    """One report or ``{"usages": [...]}``; the reports and whether the body was a list.
-
-    All or nothing: the first bad field anywhere fails the whole request."""
-    if isinstance(data, dict) and "usages" in data:
-        return _parse_list(data, "usages", max_reports, parse_usage), True
-    return [parse_usage(data)], False
+def parse_usage_request(data: bytes | Any, *, max_reports: int) -> tuple[list[UsageReport], bool]:
+    """One report or ``{"usages": [...]}`` (JSON bytes, or parsed); the reports and whether the
+    body was a list. All or nothing: the first bad field anywhere fails the whole request."""
+    if _is_batch(data, b'"usages"', "usages"):
+        usages = validate(UsageReportBatch, data).usages
+        _check_size("usages", usages, max_reports)
+        return usages, True
+    return [validate(UsageReport, data)], False
 
 
 # --- raw events (reportEvent) ---------------------------------------------------------------
 
-_EVENT_FIELDS = (
-    "eventName",
-    "customerId",
-    "idempotencyKey",
-    "resourceId",
-    "timestamp",
-    "dimensions",
-)
-MAX_EVENT_NAME_LENGTH = 255
-
 
 @dataclass(frozen=True, slots=True)
 class EventReport:
-    """One validated raw event for Stigg's meters; ``idempotency_key`` is always set."""
+    """One raw event for Stigg's meters, as `POST /v1/events` takes it; `idempotencyKey` is
+    minted when the app sent none."""
 
-    event_name: str
-    customer_id: str
-    idempotency_key: str
-    key_from_client: bool
-    resource_id: str | None = None
-    timestamp: datetime | None = None
-    dimensions: dict[str, str | int | float | bool] | None = None
+    __pydantic_config__ = REPORT_CONFIG
+
+    event_name: Annotated[str, Strict(), Field(max_length=MAX_EVENT_NAME_LENGTH, pattern=r"\S")]
+    customer_id: Id
+    idempotency_key: IdempotencyKey = field(default_factory=_mint_key)
+    key_from_client: KeyFromClient = False
+    resource_id: Id | None = None
+    timestamp: PastTimestamp | None = None
+    dimensions: Dimensions | None = None
 
     def to_stigg(self) -> dict[str, Any]:
         """``UsageEventReportInput``."""
@@ -161,48 +186,38 @@ class EventReport:
         return {**self.to_stigg(), "keyFromClient": self.key_from_client}
 
 
+class EventBatch(Model):
+    """Up to 1,000 events, stored all or none."""
+
+    events: Annotated[list[EventReport], Field(min_length=1, max_length=1000)]
+
+
 def parse_event(data: Any, *, path: str = "") -> EventReport:
     """Validate one raw event, raising ``ValidationError`` naming the bad field."""
-    fields = Fields(data, path=path, allowed=_EVENT_FIELDS)
-    name = fields.string("eventName", required=True, max_length=MAX_EVENT_NAME_LENGTH)
-    customer_id = fields.identifier("customerId", required=True)
-    key = fields.string("idempotencyKey", max_length=255)
-    if key is not None and not key.strip():
-        raise ValidationError(
-            f"{path}.idempotencyKey" if path else "idempotencyKey", "must not be empty"
-        )
-    dimensions = fields.object("dimensions")
-    if dimensions is not None:
-        _check_dimensions(dimensions, f"{path}.dimensions" if path else "dimensions")
-    assert name is not None
-    assert customer_id is not None
-    return EventReport(
-        event_name=name,
-        customer_id=customer_id,
-        idempotency_key=key if key is not None else f"sidecar-{uuid.uuid4()}",
-        key_from_client=key is not None,
-        resource_id=fields.identifier("resourceId"),
-        timestamp=fields.timestamp("timestamp"),
-        dimensions=dimensions,
-    )
+    try:
+        return validate(EventReport, data)
+    except ValidationError as exc:
+        raise exc.under(path) from None
 
 
-def parse_event_request(data: Any, *, max_reports: int) -> tuple[list[EventReport], bool]:
+def parse_event_request(data: bytes | Any, *, max_reports: int) -> tuple[list[EventReport], bool]:
     """One event or ``{"events": [...]}``; all or nothing like usage."""
-    if isinstance(data, dict) and "events" in data:
-        return _parse_list(data, "events", max_reports, parse_event), True
-    return [parse_event(data)], False
+    if _is_batch(data, b'"events"', "events"):
+        events = validate(EventBatch, data).events
+        _check_size("events", events, max_reports)
+        return events, True
+    return [validate(EventReport, data)], False
 
 
-def _parse_list(data: dict[str, Any], name: str, max_reports: int, parse: Any) -> list[Any]:
-    extra = sorted(set(data) - {name})
-    if extra:
-        raise ValidationError(extra[0], f"unknown field (a batch has only {name!r})")
-    items = data[name]
-    if not isinstance(items, list):
-        raise ValidationError(name, "must be a JSON array")
-    if not items:
-        raise ValidationError(name, "must not be empty")
+def _is_batch(data: bytes | Any, quoted: bytes, name: str) -> bool:
+    """A batch is an object with the list's key. In bytes a guess: a key spelled with escapes
+    is missed, a report mentioning the word is taken for a batch; both then fail validation,
+    and the caller retries with the parsed body, which decides exactly."""
+    if isinstance(data, bytes):
+        return quoted in data
+    return isinstance(data, dict) and name in data
+
+
+def _check_size(name: str, items: list[Any], max_reports: int) -> None:
     if len(items) > max_reports:
         raise ValidationError(name, f"must have at most {max_reports} items, got {len(items)}")
-    return [parse(item, path=f"{name}[{index}]") for index, item in enumerate(items)]
