@@ -76,9 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"stigg-sidecar: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
-    logs.register_secrets(
-        settings.api_key, settings.webhook_secret, settings.auth_token, settings.redis_url
-    )
+    logs.register_secrets(*settings.secrets())
     logs.configure(settings.logging.level)
     path = settings.server.unix_socket
     try:

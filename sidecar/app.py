@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
 
-import redis.asyncio as redis
 from aiohttp import web
 
 from sidecar.api.edge import edge_routes
@@ -49,7 +48,8 @@ from sidecar.entitlements.service import EntitlementService
 from sidecar.logs import register_secrets
 from sidecar.metrics import Metrics
 from sidecar.provisioning import ProvisioningService
-from sidecar.redis_namespace import RedisNamespace, connect
+from sidecar.redis_connect import RedisClient, connect
+from sidecar.redis_namespace import RedisNamespace
 from sidecar.services import SERVICES, SETTINGS, Services
 from sidecar.upstream.client import StiggClient, Upstream
 from sidecar.upstream.documents import ENTITLEMENTS_STATE
@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 UPSTREAM = web.AppKey("upstream", Upstream)
 # The Stigg URL and key in use (with --local: the embedded emulator's), for the realtime link.
 STIGG_LINK = web.AppKey("stigg_link", tuple)
-REDIS = web.AppKey("redis", redis.Redis)
+REDIS = web.AppKey[RedisClient]("redis")
 REPLICATION = web.AppKey("replication", Replication)
 
 
@@ -115,10 +115,15 @@ def _upstream_ctx(
 
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
-    """One Redis connection pool for the whole process."""
-    url = app[SETTINGS].redis_url
-    assert url is not None
-    client = connect(url.reveal())
+    """One Redis client for the whole process (standalone, Cluster or Sentinel)."""
+    settings = app[SETTINGS]
+    assert settings.redis_url is not None
+    client = connect(
+        settings.redis_url.reveal(),
+        settings.redis,
+        username=settings.redis_username,
+        password=settings.redis_password,
+    )
     app[REDIS] = client
     yield
     await client.aclose()
@@ -258,9 +263,7 @@ async def _openapi(request: web.Request) -> web.Response:
 
 def create_app(settings: Settings, *, upstream: Upstream | None = None) -> web.Application:
     """The sidecar's app; pass ``upstream`` to run it against a fake instead of Stigg."""
-    register_secrets(
-        settings.api_key, settings.webhook_secret, settings.auth_token, settings.redis_url
-    )
+    register_secrets(*settings.secrets())
     app = web.Application(client_max_size=settings.server.max_body_bytes)
     metrics = Metrics(lambda: app.get(SERVICES))
     app.middlewares.append(observe_middleware(metrics, access_log=settings.logging.access_log))

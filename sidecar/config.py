@@ -435,6 +435,40 @@ class UsageSettings:
 
 
 @dataclass(frozen=True)
+class RedisSettings:
+    """How to reach Redis (SIDECAR_REDIS_URL enables it): Cluster, TLS files, replica acks."""
+
+    cluster: bool = field(
+        default=False,
+        metadata=_meta("The URL is a seed node of a Redis Cluster (redis:// or rediss://)."),
+    )
+    ca_file: str = field(
+        default="",
+        metadata=_meta("CA bundle that verifies the server (rediss://); empty: system CAs."),
+    )
+    cert_file: str = field(
+        default="", metadata=_meta("Client certificate for mutual TLS (with keyFile).")
+    )
+    key_file: str = field(default="", metadata=_meta("Client certificate's private key."))
+    min_replicas_ack: int = field(
+        default=0,
+        metadata=_meta(
+            "Answer a report 202 only once this many replicas hold it (WAIT); 0: the primary.",
+            minimum=0,
+            maximum=16,
+        ),
+    )
+    replica_ack_timeout_seconds: float = field(
+        default=0.5,
+        metadata=_meta(
+            "How long WAIT waits for replicas before the report is answered 503.",
+            minimum=0.001,
+            maximum=10,
+        ),
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the sidecar needs to start."""
 
@@ -448,10 +482,14 @@ class Settings:
     grpc: GrpcSettings = field(default_factory=GrpcSettings)
     management: ManagementSettings = field(default_factory=ManagementSettings)
     usage: UsageSettings = field(default_factory=UsageSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
     api_key: Secret | None = None
     # Bearer token clients must send to the sidecar's API and MCP endpoint; None: no check.
     auth_token: Secret | None = None
     redis_url: Secret | None = None
+    # ACL user and password, when not in the URL (SIDECAR_REDIS_USERNAME/_PASSWORD[_FILE]).
+    redis_username: Secret | None = None
+    redis_password: Secret | None = None
     webhook_secret: Secret | None = None
     data_dir: Path = field(
         default_factory=lambda: Path.home() / ".local" / "state" / "stigg-sidecar"
@@ -462,6 +500,16 @@ class Settings:
     @property
     def is_local(self) -> bool:
         return self.local_catalog is not None
+
+    def secrets(self) -> tuple[Secret | None, ...]:
+        """Every value logs must never show (the redactor also finds a URL's password)."""
+        return (
+            self.api_key,
+            self.webhook_secret,
+            self.auth_token,
+            self.redis_url,
+            self.redis_password,
+        )
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -475,6 +523,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "grpc": GrpcSettings,
     "management": ManagementSettings,
     "usage": UsageSettings,
+    "redis": RedisSettings,
 }
 
 
@@ -583,6 +632,47 @@ def _check_url(key: str, url: str, schemes: tuple[str, ...]) -> None:
         raise ConfigError(f"{key}: must be a {' or '.join(schemes)} URL, got {url!r}")
 
 
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
+
+
+def _check_redis(url: str, redis: RedisSettings) -> None:
+    """The URL's form and the redis section agree; errors never quote the URL (it may carry a
+    password)."""
+    key = "SIDECAR_REDIS_URL"
+    parts = urlsplit(url)
+    if parts.scheme not in REDIS_SCHEMES:
+        raise ConfigError(f"{key}: must be a {', '.join(REDIS_SCHEMES)} URL")
+    sentinel = parts.scheme.endswith("+sentinel")
+    if parts.scheme != "unix" and not parts.netloc.rpartition("@")[2].strip(","):
+        raise ConfigError(f"{key}: names no host")
+    if sentinel:
+        service, _, db = parts.path.strip("/").partition("/")
+        if not service or not (db == "" or db.isdigit()):
+            raise ConfigError(f"{key}: a sentinel URL ends in /<service-name>[/<db number>]")
+        for host in parts.netloc.rpartition("@")[2].split(","):
+            port = host.rpartition("]")[2].partition(":")[2]
+            if port and not port.isdigit():
+                raise ConfigError(f"{key}: a sentinel's port is not a number")
+    if redis.cluster and parts.scheme not in ("redis", "rediss"):
+        raise ConfigError("redis.cluster: needs a redis:// or rediss:// seed URL")
+    if redis.cluster and redis.min_replicas_ack > 0:
+        # WAIT must follow the write on the same connection to the slot's primary, which the
+        # cluster client's pipeline cannot promise across redirections.
+        raise ConfigError("redis.minReplicasAck: not supported with redis.cluster; set it to 0")
+    tls = parts.scheme.startswith("rediss")
+    for name, value in (
+        ("caFile", redis.ca_file),
+        ("certFile", redis.cert_file),
+        ("keyFile", redis.key_file),
+    ):
+        if value and not tls:
+            raise ConfigError(f"redis.{name}: needs a rediss:// (TLS) URL")
+        if value and not Path(value).is_file():
+            raise ConfigError(f"redis.{name}: {value} is not a readable file")
+    if bool(redis.cert_file) != bool(redis.key_file):
+        raise ConfigError("redis.certFile: set together with redis.keyFile (mutual TLS)")
+
+
 def _check_ports(
     server: ServerSettings, mcp: McpSettings, management: ManagementSettings, grpc: GrpcSettings
 ) -> None:
@@ -655,8 +745,18 @@ def load_settings(
     if api_key is not None and re.search(r"\s", api_key.reveal()):
         raise ConfigError("STIGG_API_KEY: must not contain white space")
     redis_url = _secret_from_env(env, "SIDECAR_REDIS_URL")
+    redis_settings: RedisSettings = sections["redis"]
+    redis_username = _secret_from_env(env, "SIDECAR_REDIS_USERNAME")
+    redis_password = _secret_from_env(env, "SIDECAR_REDIS_PASSWORD")
     if redis_url is not None:
-        _check_url("SIDECAR_REDIS_URL", redis_url.reveal(), ("redis", "rediss", "unix"))
+        _check_redis(redis_url.reveal(), redis_settings)
+        in_url = urlsplit(redis_url.reveal())
+        for name, given, from_url in (
+            ("SIDECAR_REDIS_USERNAME", redis_username, in_url.username),
+            ("SIDECAR_REDIS_PASSWORD", redis_password, in_url.password),
+        ):
+            if given is not None and from_url:
+                raise ConfigError(f"{name}: SIDECAR_REDIS_URL carries one already; keep one")
     auth_token = _secret_from_env(env, "SIDECAR_AUTH_TOKEN")
     if auth_token is not None and re.search(r"\s", auth_token.reveal()):
         raise ConfigError("SIDECAR_AUTH_TOKEN: must not contain white space")
@@ -681,7 +781,10 @@ def load_settings(
         usage=sections["usage"],
         api_key=api_key,
         auth_token=auth_token,
+        redis=redis_settings,
         redis_url=redis_url,
+        redis_username=redis_username,
+        redis_password=redis_password,
         webhook_secret=_secret_from_env(env, "SIDECAR_WEBHOOK_SECRET"),
         local_catalog=local_catalog,
         **({"data_dir": data_dir} if data_dir is not None else {}),

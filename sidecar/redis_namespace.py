@@ -1,4 +1,4 @@
-"""This deployment's place in a shared Redis: one key namespace and one connection pool.
+"""This deployment's place in a shared Redis: one key namespace.
 
 Every key and channel the sidecar writes starts with ``stigg-sidecar:<cache.environment>:``,
 so deployments with different environments (and different Stigg keys) can share one Redis
@@ -8,8 +8,6 @@ without seeing each other's cache, invalidations, usage spool or flush lease.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import redis.asyncio as redis
 
 ROOT = "stigg-sidecar"
 
@@ -43,14 +41,3 @@ class RedisNamespace:
 
 def _glob_escape(text: str) -> str:
     return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
-
-
-def connect(url: str) -> redis.Redis:
-    """The process's one Redis connection pool (cache, broadcast, spool and readiness).
-
-    Timeouts are short: a check must not wait long on a hung Redis, and every spool
-    operation is retried by its caller.
-    """
-    return redis.Redis.from_url(
-        url, socket_connect_timeout=1.0, socket_timeout=2.0, health_check_interval=10
-    )

@@ -16,9 +16,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as redis
 from aiohttp import web
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from sidecar.api.errors import error_middleware
 from sidecar.api.http import json_response
@@ -26,6 +25,7 @@ from sidecar.api.http_errors import answer_parse_errors_as_json
 from sidecar.config import StartupError
 from sidecar.listeners import CappedTCPSite
 from sidecar.metrics import CONTENT_TYPE, Metrics
+from sidecar.redis_connect import RedisClient
 from sidecar.services import SERVICES, SETTINGS
 from sidecar.upstream.client import Upstream
 from sidecar.upstream.documents import ENTITLEMENTS_STATE
@@ -129,7 +129,7 @@ async def _probe_upstream(upstream: Upstream) -> None:
         pass
 
 
-_REDIS_KEY = web.AppKey("management_redis", redis.Redis)
+_REDIS_KEY = web.AppKey[RedisClient]("management_redis")
 _PREFIX = web.AppKey("management_l2_prefix", str)
 
 
@@ -141,12 +141,12 @@ async def _l2_has_state(app: web.Application) -> bool:
         async with asyncio.timeout(L2_PROBE_TIMEOUT_SECONDS):
             async for _ in client.scan_iter(match=app[_PREFIX] + "*", count=1000):
                 return True
-    except (RedisError, OSError, TimeoutError):
+    except (RedisError, RedisClusterException, OSError, TimeoutError):
         return False
     return False
 
 
-def use_redis_for_readiness(app: web.Application, client: redis.Redis, prefix: str) -> None:
+def use_redis_for_readiness(app: web.Application, client: RedisClient, prefix: str) -> None:
     """Let readiness count state other replicas left in Redis (L2)."""
     app[_REDIS_KEY] = client
     app[_PREFIX] = prefix
