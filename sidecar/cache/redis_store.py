@@ -8,9 +8,9 @@ from collections.abc import Callable
 from typing import Any, Generic
 
 import orjson
-import redis.asyncio as redis
 
 from sidecar.cache.store import CacheEntry, CacheKey, V
+from sidecar.redis_connect import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -19,11 +19,16 @@ _SEPARATOR = "|"
 
 
 class RedisStore(Generic[V]):
-    """``CacheStore`` in Redis: compact orjson values with a TTL of their stale deadline."""
+    """``CacheStore`` in Redis: compact orjson values with a TTL of their stale deadline.
+
+    A customer's keys (its entries and its resource index) carry the customer as a hash tag,
+    ``...:{<customer>}...``: on a Cluster they share one slot, so the write of an entry with
+    its index stays one transaction, while customers spread over every primary.
+    """
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         prefix: str,
         encode: Callable[[V], Any],
         decode: Callable[[Any], V],
@@ -37,7 +42,10 @@ class RedisStore(Generic[V]):
         self._clock = clock
 
     def _key(self, key: CacheKey) -> str:
-        return f"{self._prefix}{key[0]}{_SEPARATOR}{key[1] or ''}"
+        return f"{self._prefix}{{{key[0]}}}{_SEPARATOR}{key[1] or ''}"
+
+    def _index(self, customer_id: str) -> str:
+        return f"{self._resources_prefix}{{{customer_id}}}"
 
     async def get(self, key: CacheKey) -> CacheEntry[V] | None:
         raw = await self._redis.get(self._key(key))
@@ -61,7 +69,7 @@ class RedisStore(Generic[V]):
             await self._redis.set(self._key(key), payload, px=ttl_ms)
             return
         # Remember the customer's resources so delete_customer needs no keyspace scan.
-        index = self._resources_prefix + key[0]
+        index = self._index(key[0])
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.set(self._key(key), payload, px=ttl_ms)
             pipe.sadd(index, key[1])
@@ -73,7 +81,7 @@ class RedisStore(Generic[V]):
         await self._redis.delete(self._key(key))
 
     async def delete_customer(self, customer_id: str) -> None:
-        index = self._resources_prefix + customer_id
+        index = self._index(customer_id)
         resources = await self._redis.smembers(index)
         keys = [self._key((customer_id, None)), index]
         keys += [self._key((customer_id, _text(r))) for r in resources]

@@ -11,14 +11,15 @@ from __future__ import annotations
 import logging
 from typing import Generic
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from sidecar.cache.store import CacheEntry, CacheKey, CacheStore, LocalStore, V
 
 log = logging.getLogger(__name__)
 
-# What a failing Redis raises through redis-py (connection errors surface as OSError too).
-REDIS_FAULTS = (RedisError, OSError)
+# What a failing Redis raises through redis-py (connection errors surface as OSError too; a
+# Cluster that lost a slot's every node raises RedisClusterException, not a RedisError).
+REDIS_FAULTS = (RedisError, RedisClusterException, OSError)
 
 
 class RedisFaults:

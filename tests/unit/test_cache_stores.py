@@ -68,7 +68,8 @@ async def test_redis_values_are_namespaced_compact_json_with_ttl() -> None:
     )
     await redis_store.set(("c1", None), entry(state("c1"), stale=60))
     keys = await client.keys("*")
-    assert keys == [b"stigg-sidecar:prod:entitlements:c1|"]
+    # The customer is the key's hash tag: a Cluster keeps a customer's keys on one slot.
+    assert keys == [b"stigg-sidecar:prod:entitlements:{c1}|"]
     ttl = await client.pttl(keys[0])
     assert 0 < ttl <= 60_000
     raw = await client.get(keys[0])
