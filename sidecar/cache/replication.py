@@ -13,15 +13,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
-import redis.asyncio as redis
+from redis.asyncio.client import PubSub
 
 from sidecar.backoff import full_jitter
 from sidecar.cache.tiered import REDIS_FAULTS, RedisFaults
+from sidecar.redis_connect import RedisClient, is_cluster
 from sidecar.updates import UsageChange, UsageFigure, UsageUpdate
 
 log = logging.getLogger(__name__)
@@ -163,17 +164,26 @@ async def apply(event: Event, sink: ReplicaSink) -> None:
 
 
 class Replication:
-    """Publishes this replica's events and applies the others' on ``<prefix>:events``."""
+    """Publishes this replica's events and applies the others' on ``<prefix>:events``.
+
+    On a Cluster the channel is a sharded one (SPUBLISH/SSUBSCRIBE, Redis 7): a message goes
+    only to the primary owning the channel's slot and its replicas instead of every node, and
+    the subscription follows the slot when it moves or its primary fails over.
+    """
+
+    # How often the sharded listener wakes without a message, to notice a lost node.
+    POLL_SECONDS = 1.0
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         prefix: str,
         faults: RedisFaults,
         *,
         reconnect_max: float = 5.0,
     ) -> None:
         self._redis = client
+        self._sharded = is_cluster(client)
         self.channel = f"{prefix}:events"
         # Lets a replica ignore its own messages: it already applied the change.
         self.origin = uuid.uuid4().hex
@@ -186,7 +196,10 @@ class Replication:
         """Tell the other replicas; a Redis fault is counted and logged, never raised."""
         message = orjson.dumps({**encode(event), "origin": self.origin})
         try:
-            await self._redis.publish(self.channel, message)
+            if self._sharded:
+                await self._redis.spublish(self.channel, message)
+            else:
+                await self._redis.publish(self.channel, message)
         except REDIS_FAULTS as exc:
             self._faults("publish", exc)
 
@@ -200,11 +213,14 @@ class Replication:
         while True:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self.channel)
+                if self._sharded:
+                    await pubsub.ssubscribe(self.channel)
+                else:
+                    await pubsub.subscribe(self.channel)
                 self.connected.set()
                 attempt = 0
                 await apply(Resync(), sink)
-                async for message in pubsub.listen():
+                async for message in self._messages(pubsub):
                     await self._receive(message, sink)
             except asyncio.CancelledError:
                 raise
@@ -217,8 +233,20 @@ class Replication:
             finally:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
 
+    async def _messages(self, pubsub: PubSub) -> AsyncIterator[Mapping[str, Any]]:
+        if not self._sharded:
+            async for message in pubsub.listen():
+                yield message
+            return
+        while True:
+            message = await pubsub.get_sharded_message(  # type: ignore[attr-defined]
+                ignore_subscribe_messages=True, timeout=self.POLL_SECONDS
+            )
+            if message is not None:
+                yield message
+
     async def _receive(self, message: Mapping[str, Any], sink: ReplicaSink) -> None:
-        if message.get("type") != "message":
+        if message.get("type") not in ("message", "smessage", b"smessage"):
             return
         try:
             wire = orjson.loads(message["data"])
