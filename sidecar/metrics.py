@@ -98,6 +98,11 @@ _USAGE_COUNTERS = (
     ("usage_reports_accepted", "Reports durably spooled (answered 202).", "accepted"),
     ("usage_reports_duplicate", "Reports already accepted (client key).", "duplicates"),
     ("usage_reports_rejected", "Reports refused with 503: the spool was full.", "rejected_full"),
+    (
+        "usage_reports_not_replicated",
+        "Reports stored but answered 503: fewer replicas than redis.minReplicasAck held them.",
+        "not_replicated",
+    ),
     ("usage_reports_flushed", "Reports Stigg acknowledged.", "delivered"),
     ("usage_dead_letters", "Reports dead-lettered (Stigg rejected them).", "dead_lettered"),
     ("usage_reports_replayed", "Dead letters put back in the queue.", "replayed"),

@@ -7,6 +7,9 @@ by every replica, so reports outlive the pod that accepted them.
   persistence, which is the operator's choice: with ``appendonly yes`` and
   ``appendfsync always`` an acknowledged report survives a Redis crash; with the common
   ``everysec`` up to a second of acknowledged reports can be lost if Redis itself dies.
+  Replication is asynchronous, so a failover right after the reply can lose it too: with
+  ``redis.minReplicasAck`` the script is followed by ``WAIT`` on the same connection and the
+  reply counts only once that many replicas hold the write.
 - **Flush**: every replica is a consumer of the group, but only the holder of a lease
   (``SET lease me NX PX ttl``, renewed every third of it) reads and sends. One sender per
   Stigg environment keeps reports for one usage key in order and keeps all replicas together
@@ -27,12 +30,14 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import redis.asyncio as redis
 from redis.exceptions import RedisError, ResponseError
 
+from sidecar.cache.tiered import REDIS_FAULTS
+from sidecar.redis_connect import RedisClient
 from sidecar.usage.model import KINDS, Kind
 from sidecar.usage.redis_durability import PersistenceGuard
 from sidecar.usage.spool import (
@@ -41,6 +46,7 @@ from sidecar.usage.spool import (
     Depth,
     Entry,
     NewReport,
+    NotReplicated,
     SpoolFull,
     SpoolUnavailable,
 )
@@ -181,6 +187,15 @@ return 0
 """
 
 
+@dataclass(frozen=True, slots=True)
+class ScriptCall:
+    """One call of one of the spool's scripts."""
+
+    script: str
+    keys: list[str]
+    args: list[Any]
+
+
 def _stream_id_key(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
@@ -195,7 +210,7 @@ class RedisSpool:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         *,
         prefix: str,
         max_reports: int,
@@ -207,13 +222,17 @@ class RedisSpool:
         legacy_prefix: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         allow_volatile: bool = False,
+        min_replicas_ack: int = 0,
+        replica_ack_timeout: float = 0.5,
     ) -> None:
         """``prefix`` starts every key (``RedisNamespace.spool``: it carries the hash tag that
         keeps the keys on one Cluster slot); ``client`` is the process's pool, not closed here;
         ``on_claimed`` hears of reports taken over from a replica presumed dead;
-        ``legacy_prefix`` is where releases before the one namespace kept the spool."""
+        ``legacy_prefix`` is where releases before the one namespace kept the spool;
+        ``min_replicas_ack`` replicas must confirm an append within ``replica_ack_timeout``
+        seconds (``NotReplicated`` otherwise)."""
         self._pool = client
-        self._client: redis.Redis | None = None  # set while open
+        self._client: RedisClient | None = None  # set while open
         tag = prefix
         self._stream = {kind: f"{tag}:spool:{kind}" for kind in KINDS}
         self._batches = {kind: f"{tag}:batches:{kind}" for kind in KINDS}
@@ -237,6 +256,8 @@ class RedisSpool:
             [f"{{{legacy_prefix}}}:spool:{kind}" for kind in KINDS] if legacy_prefix else []
         )
         self._scripts: dict[str, Any] = {}
+        self._min_replicas_ack = min_replicas_ack
+        self._ack_timeout_ms = max(1, round(replica_ack_timeout * 1000))
         self.persistence = PersistenceGuard(
             list(self._stream.values()),
             f"{tag}:spool-alive",
@@ -318,12 +339,34 @@ class RedisSpool:
         if self.persistence.refusing:
             raise SpoolUnavailable("Redis keeps no append-only file (see usage.allowVolatileRedis)")
         try:
-            result = await self._scripts["append"](keys=keys, args=args)
-        except RedisError as exc:
+            [result], confirmed = await self._replicated([ScriptCall("append", keys, args)])
+        except REDIS_FAULTS as exc:
             raise SpoolUnavailable(f"Redis: {type(exc).__name__}: {exc}") from None
         if result == -1:
             raise SpoolFull
-        return [bool(flag) for flag in result]
+        stored = [bool(flag) for flag in result]
+        if confirmed < self._min_replicas_ack and any(stored):
+            raise NotReplicated(stored, confirmed, self._min_replicas_ack)
+        return stored
+
+    async def _replicated(self, calls: Sequence[ScriptCall]) -> tuple[list[Any], int]:
+        """Run ``calls`` and, with ``min_replicas_ack``, ``WAIT`` for that many replicas: the
+        script replies, and how many replicas confirmed (0 when none were asked for).
+
+        One non-transactional pipeline holds one connection, so ``WAIT`` (which counts the
+        writes of its own connection) covers exactly these calls, in one round trip; a batch
+        of appends is more calls in the same pipeline."""
+        if self._min_replicas_ack == 0:
+            return [await self._call(call, self.redis) for call in calls], 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for call in calls:
+                await self._call(call, pipe)
+            pipe.execute_command("WAIT", self._min_replicas_ack, self._ack_timeout_ms)
+            replies = await pipe.execute()
+        return replies[:-1], int(replies[-1])
+
+    def _call(self, call: ScriptCall, client: Any) -> Any:
+        return self._scripts[call.script](keys=call.keys, args=call.args, client=client)
 
     # --- the flush lease ----------------------------------------------------------------------
 

@@ -27,12 +27,12 @@ from sidecar.upstream.client import Upstream
 from sidecar.usage.flusher import Flusher, event_policy, usage_policy
 from sidecar.usage.listener import UsageListener, changes_of, figures_of
 from sidecar.usage.model import EventReport, Kind, UsageReport
-from sidecar.usage.spool import DeadLetter, NewReport, Spool, SpoolFull
+from sidecar.usage.spool import DeadLetter, NewReport, NotReplicated, Spool, SpoolFull
 from sidecar.usage.sqlite_spool import SqliteSpool
 from sidecar.usage.stats import UsageStats
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
+    from sidecar.redis_connect import RedisClient
 
 log = logging.getLogger(__name__)
 _faults = FaultLog(log)
@@ -95,7 +95,7 @@ class UsageService:
         upstream: Upstream,
         settings: Settings,
         *,
-        redis: Redis | None = None,
+        redis: RedisClient | None = None,
         listener: UsageListener | None = None,
     ) -> UsageService:
         """The spool the settings ask for: Redis (the process's pool, ``redis``) with
@@ -123,6 +123,8 @@ class UsageService:
                 on_claimed=claimed,
                 legacy_prefix=usage.redis_key_prefix or "stigg-sidecar",
                 allow_volatile=usage.allow_volatile_redis,
+                min_replicas_ack=settings.redis.min_replicas_ack,
+                replica_ack_timeout=settings.redis.replica_ack_timeout_seconds,
             )
         else:
             data_dir = settings.data_dir
@@ -235,6 +237,24 @@ class UsageService:
         ]
         try:
             stored = await self.spool.append(kind, new, self._clock())
+        except NotReplicated as exc:
+            # Stored on the primary and de-duplicated there: the client's retry with the same
+            # keys is answered "duplicate" and counted once. Delivered in any case.
+            stats.not_replicated += sum(exc.stored)
+            stats.duplicates += len(exc.stored) - sum(exc.stored)
+            self.flushers[kind].notify()
+            _faults.log(
+                "replicas",
+                logging.WARNING,
+                "usage spool: %s within redis.replicaAckTimeoutSeconds; answering 503",
+                exc,
+            )
+            raise UsageUnavailable(
+                "not_replicated",
+                "the reports are stored on the Redis primary but not yet on enough replicas;"
+                " send them again with the same idempotency keys",
+                1,
+            ) from None
         except SpoolFull:
             stats.rejected_full += len(new)
             raise UsageUnavailable(

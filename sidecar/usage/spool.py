@@ -32,6 +32,18 @@ class SpoolUnavailable(Exception):
     """The spool's store cannot be reached (Redis down); nothing was stored."""
 
 
+class NotReplicated(Exception):
+    """The reports are stored on the Redis primary, but fewer replicas than asked confirmed
+    them in time: a failover now could lose them, so they are not acknowledged. They stay
+    spooled; a retry with the same client keys is answered as duplicates."""
+
+    def __init__(self, stored: list[bool], confirmed: int, wanted: int) -> None:
+        super().__init__(f"{confirmed} of {wanted} replica(s) confirmed the write")
+        self.stored = stored
+        self.confirmed = confirmed
+        self.wanted = wanted
+
+
 @dataclass(frozen=True, slots=True)
 class NewReport:
     """A report to append: its spooled JSON and, for client keys, what to de-duplicate on."""

@@ -86,6 +86,8 @@ class KindStats:
     """Reports whose client key was already accepted within the dedupe window."""
     rejected_full: int = 0
     """Reports refused with 503 because the spool was full."""
+    not_replicated: int = 0
+    """Reports answered 503 as fewer replicas than redis.minReplicasAck confirmed them."""
     delivered: int = 0
     """Reports Stigg acknowledged."""
     items_sent: int = 0
@@ -109,6 +111,7 @@ class KindStats:
             "accepted": self.accepted,
             "duplicates": self.duplicates,
             "rejectedFull": self.rejected_full,
+            "notReplicated": self.not_replicated,
             "delivered": self.delivered,
             "itemsSent": self.items_sent,
             "upstreamCalls": self.upstream_calls,
