@@ -55,9 +55,9 @@ def is_cluster(client: RedisClient) -> bool:
 
 
 def tls_options(settings: RedisSettings) -> dict[str, Any]:
-    """redis-py's TLS keywords: the server is always verified (certificate and host name)."""
+    """redis-py's TLS keywords: the server is always verified (certificate and host name).
+    The ``rediss`` scheme itself turns TLS on (``ssl=True`` where no URL is parsed)."""
     options: dict[str, Any] = {
-        "ssl": True,
         "ssl_cert_reqs": "required",
         "ssl_check_hostname": True,
     }
@@ -76,7 +76,8 @@ def _sentinel_primary(parts: SplitResult, options: dict[str, Any]) -> redis.Redi
     netloc = parts.netloc.rpartition("@")[2]
     hosts = [_host_port(item) for item in netloc.split(",") if item]
     service, _, db = parts.path.strip("/").partition("/")
-    data = dict(options)
+    tls = parts.scheme.startswith("rediss")
+    data = {**options, "ssl": True} if tls else dict(options)
     if parts.username:
         data["username"] = unquote(parts.username)
     if parts.password:
@@ -85,7 +86,7 @@ def _sentinel_primary(parts: SplitResult, options: dict[str, Any]) -> redis.Redi
         data["db"] = int(db)
     # Sentinels share the TLS settings but not the data nodes' ACL user: they usually have
     # their own (or none), and a password they do not expect fails every query.
-    sentinel_options = {k: v for k, v in options.items() if k not in ("username", "password")}
+    sentinel_options = {k: v for k, v in data.items() if k not in ("username", "password", "db")}
     sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_options, **data)  # type: ignore[no-untyped-call]
     primary: redis.Redis = sentinel.master_for(unquote(service), health_check_interval=10)
     return primary

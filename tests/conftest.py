@@ -9,8 +9,8 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import replace
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -22,11 +22,14 @@ from sidecar.config import (
     GrpcSettings,
     ManagementSettings,
     McpSettings,
+    RedisSettings,
     Secret,
     Settings,
     StiggSettings,
 )
 from sidecar.emulator import EmulatorServer, load_catalog
+from sidecar.redis_connect import RedisClient, connect
+from tests import redis_servers
 
 REPO = Path(__file__).resolve().parent.parent
 CATALOG = REPO / "config" / "catalog.yaml"
@@ -110,6 +113,106 @@ async def sidecar(
         yield client
     finally:
         await client.close()
+
+
+def _unavailable(message: str) -> None:
+    """Skip a test whose Redis deployment this machine cannot run; under CI, fail it."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """One way of running Redis, as the sidecar is told to reach it."""
+
+    mode: str
+    url: str
+    redis: RedisSettings = RedisSettings()
+    username: Secret | None = None
+    password: Secret | None = None
+
+    def client(self) -> RedisClient:
+        return connect(self.url, self.redis, username=self.username, password=self.password)
+
+    def configure(self, settings: Settings) -> Settings:
+        """``settings`` with Redis reached this way."""
+        return replace(
+            settings,
+            redis_url=Secret(self.url),
+            redis=self.redis,
+            redis_username=self.username,
+            redis_password=self.password,
+        )
+
+
+@pytest.fixture(scope="session")
+def redis_deployments(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis_servers.Servers]:
+    """Where the Cluster, Sentinel and TLS deployments run; all killed at the end."""
+    if shutil.which("redis-server") is None:
+        _unavailable("redis-server is not installed")
+    servers = redis_servers.Servers(tmp_path_factory.mktemp("redis"))
+    try:
+        yield servers
+    finally:
+        servers.stop()
+
+
+def _deploy(build: Callable[[], RedisTarget]) -> RedisTarget:
+    try:
+        return build()
+    except redis_servers.Unsupported as exc:
+        _unavailable(f"skipping: {exc}")
+        raise
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(redis_deployments: redis_servers.Servers) -> RedisTarget:
+    """A 3-primary Cluster, reached through one seed node."""
+
+    def build() -> RedisTarget:
+        ports = redis_servers.start_cluster(redis_deployments)
+        return RedisTarget("cluster", f"redis://127.0.0.1:{ports[0]}", RedisSettings(cluster=True))
+
+    return _deploy(build)
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(redis_deployments: redis_servers.Servers) -> RedisTarget:
+    """A primary and a replica behind 3 sentinels."""
+    return _deploy(
+        lambda: RedisTarget("sentinel", redis_servers.start_sentinels(redis_deployments).url)
+    )
+
+
+@pytest.fixture(scope="session")
+def redis_tls(redis_deployments: redis_servers.Servers) -> RedisTarget:
+    """TLS only, client certificate required, default user off, one ACL user."""
+
+    def build() -> RedisTarget:
+        port, files = redis_servers.start_tls(redis_deployments)
+        return RedisTarget(
+            "tls",
+            f"rediss://127.0.0.1:{port}/0",
+            RedisSettings(
+                ca_file=str(files.ca),
+                cert_file=str(files.client_cert),
+                key_file=str(files.client_key),
+            ),
+            username=Secret(redis_servers.ACL_USER),
+            password=Secret(redis_servers.ACL_PASSWORD),
+        )
+
+    return _deploy(build)
+
+
+@pytest.fixture(params=["standalone", "cluster", "sentinel", "tls"])
+def redis_target(request: pytest.FixtureRequest) -> RedisTarget:
+    """Every way the sidecar can reach Redis, one test run each."""
+    if request.param == "standalone":
+        return RedisTarget("standalone", request.getfixturevalue("redis_server"))
+    target: RedisTarget = request.getfixturevalue(f"redis_{request.param}")
+    return target
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ from typing import Any
 from redis.exceptions import RedisError, ResponseError
 
 from sidecar.config import StartupError
+from sidecar.redis_connect import is_cluster
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ class PersistenceGuard:
 
     async def _check(self, client: Any) -> None:
         self._next_check = self._clock() + CHECK_INTERVAL_SECONDS
-        server = await _info(client, "server")
+        server = await _info(client, "server", self._marker)
         run_id = str(server.get("run_id", "")) if server is not None else None
         if run_id is None or run_id != self._run_id or not self._verified:
             if self._run_id is not None and run_id is not None and run_id != self._run_id:
@@ -92,8 +93,8 @@ class PersistenceGuard:
         await self._remember_streams(client)
 
     async def _verify(self, client: Any) -> None:
-        persistence = await _info(client, "persistence")
-        replication = await _info(client, "replication") or {}
+        persistence = await _info(client, "persistence", self._marker)
+        replication = await _info(client, "replication", self._marker) or {}
         self._verified = True
         if persistence is None:
             self.durable = None
@@ -109,7 +110,7 @@ class PersistenceGuard:
         self.durable = str(persistence.get("aof_enabled", "0")) == "1"
         if self.durable:
             self.refusing = False
-            fsync = await _config(client, "appendfsync")
+            fsync = await _config(client, "appendfsync", self._marker)
             log.info(
                 "usage spool: Redis persists with AOF (appendfsync %s, role %s, %d replicas)",
                 fsync or "unknown",
@@ -159,17 +160,22 @@ class PersistenceGuard:
         self._holding_since = min(oldest) if oldest else None
 
 
-async def _info(client: Any, section: str) -> Mapping[str, Any] | None:
+def _on_spool_node(client: Any, key: str) -> dict[str, Any]:
+    """On a Cluster, ask the primary that holds the spool (else a random node answers)."""
+    return {"target_nodes": client.get_node_from_key(key)} if is_cluster(client) else {}
+
+
+async def _info(client: Any, section: str, key: str) -> Mapping[str, Any] | None:
     try:
-        reply = await client.info(section)
+        reply = await client.info(section, **_on_spool_node(client, key))
     except ResponseError:
         return None  # INFO not allowed (ACL) or not served (some proxies, fakes)
     return reply if isinstance(reply, Mapping) else None
 
 
-async def _config(client: Any, name: str) -> str | None:
+async def _config(client: Any, name: str, key: str) -> str | None:
     try:
-        reply = await client.config_get(name)
+        reply = await client.config_get(name, **_on_spool_node(client, key))
     except ResponseError:
         return None  # CONFIG is often disabled on managed Redis
     value = reply.get(name) if isinstance(reply, Mapping) else None

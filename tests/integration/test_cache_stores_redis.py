@@ -1,4 +1,5 @@
-"""The shared CacheStore suite against a real redis-server."""
+"""The shared CacheStore suite against real Redis, in every mode (standalone, Cluster,
+Sentinel, TLS with an ACL user)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,12 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-import redis.asyncio as redis
 
 from sidecar.cache.redis_store import RedisStore
 from sidecar.cache.store import CacheStore
 from sidecar.entitlements.model import EntitlementsState
 from tests.cache_suite import CacheStoreSuite, FakeClock, MakeStore
+from tests.conftest import RedisTarget
 
 
 @pytest.fixture
@@ -21,8 +22,10 @@ def clock() -> FakeClock:
 
 class TestRedisStoreOnRedisServer(CacheStoreSuite):
     @pytest.fixture
-    async def make_store(self, redis_server: str, clock: FakeClock) -> AsyncIterator[MakeStore]:
-        client = redis.Redis.from_url(redis_server)
+    async def make_store(
+        self, redis_target: RedisTarget, clock: FakeClock
+    ) -> AsyncIterator[MakeStore]:
+        client = redis_target.client()
         run = uuid.uuid4().hex
 
         def make(namespace: str) -> CacheStore[EntitlementsState]:

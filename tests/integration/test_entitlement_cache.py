@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient
 from sidecar.config import CacheSettings, Secret, Settings
 from sidecar.emulator import EmulatorServer
 from sidecar.services import SERVICES
-from tests.conftest import API_KEY, sidecar_settings, start_sidecar
+from tests.conftest import API_KEY, RedisTarget, sidecar_settings, start_sidecar
 from tests.eventually import eventually
 
 Client = TestClient[web.Request, web.Application]
@@ -233,20 +233,22 @@ async def test_webhooks_are_off_without_a_secret(sidecar: Client) -> None:
 # --- replicas sharing a real Redis ---------------------------------------------------------
 
 
-def redis_settings(emulator: EmulatorServer, redis_url: str, environment: str) -> Settings:
+def redis_settings(emulator: EmulatorServer, target: RedisTarget, environment: str) -> Settings:
+    """Replicas sharing Redis reached as ``target`` says (every mode: the broadcast suite)."""
     base = sidecar_settings(emulator.url)
-    return replace(
-        base,
-        redis_url=Secret(redis_url),
-        cache=CacheSettings(environment=environment),
-        realtime=replace(base.realtime, enabled=False),
+    return target.configure(
+        replace(
+            base,
+            cache=CacheSettings(environment=environment),
+            realtime=replace(base.realtime, enabled=False),
+        )
     )
 
 
 async def test_invalidation_reaches_the_other_replicas_memory(
-    emulator: EmulatorServer, redis_server: str
+    emulator: EmulatorServer, redis_target: RedisTarget
 ) -> None:
-    settings = redis_settings(emulator, redis_server, uuid.uuid4().hex)
+    settings = redis_settings(emulator, redis_target, uuid.uuid4().hex)
     a, b = await start_sidecar(settings), await start_sidecar(settings)
     try:
         from sidecar.app import REPLICATION
@@ -270,9 +272,9 @@ async def test_invalidation_reaches_the_other_replicas_memory(
 
 
 async def test_restarted_sidecar_serves_from_redis_while_stigg_hangs(
-    emulator: EmulatorServer, redis_server: str
+    emulator: EmulatorServer, redis_target: RedisTarget
 ) -> None:
-    settings = redis_settings(emulator, redis_server, uuid.uuid4().hex)
+    settings = redis_settings(emulator, redis_target, uuid.uuid4().hex)
     first = await start_sidecar(settings)
     try:
         assert (await check(first))["currentUsage"] == 1200
@@ -351,9 +353,9 @@ async def test_check_work_report_check_denies_at_the_limit_before_any_flush(
 
 
 async def test_optimistic_usage_reaches_the_other_replica(
-    emulator: EmulatorServer, redis_server: str
+    emulator: EmulatorServer, redis_target: RedisTarget
 ) -> None:
-    settings = redis_settings(emulator, redis_server, uuid.uuid4().hex)
+    settings = redis_settings(emulator, redis_target, uuid.uuid4().hex)
     a, b = await start_sidecar(settings), await start_sidecar(settings)
     await hold_deliveries(emulator)
     try:
