@@ -10,7 +10,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -128,7 +128,7 @@ class RedisTarget:
 
     mode: str
     url: str
-    redis: RedisSettings = RedisSettings()
+    redis: RedisSettings = field(default_factory=RedisSettings)
     username: Secret | None = None
     password: Secret | None = None
 
