@@ -61,6 +61,7 @@ class Servers:
 
     root: Path
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    by_name: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def start(self, name: str, config: str, *, sentinel: bool = False) -> subprocess.Popen[bytes]:
         """redis-server with ``config`` (the directory, log and AOF settings added here)."""
@@ -77,7 +78,18 @@ class Servers:
             args.append("--sentinel")
         process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.processes.append(process)
+        self.by_name[name] = process
         return process
+
+    def restart(self, name: str, extra_config: str = "") -> None:
+        """Start ``name`` again on its own configuration and data (after a kill)."""
+        conf = self.root / name / "redis.conf"
+        if extra_config:
+            conf.write_text(conf.read_text() + extra_config)
+        args = [shutil.which("redis-server") or "redis-server", str(conf)]
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.processes.append(process)
+        self.by_name[name] = process
 
     def log_of(self, name: str) -> str:
         path = self.root / name / "log"
@@ -161,10 +173,16 @@ class SentinelSet:
         return int(port)
 
 
-def start_sentinels(servers: Servers, *, down_after_ms: int = 1000) -> SentinelSet:
+def start_sentinels(
+    servers: Servers, *, down_after_ms: int = 1000, quorum: bool = False
+) -> SentinelSet:
+    """``quorum``: also wait until the sentinels know each other, as a failover they start
+    themselves (the primary is gone) needs their votes."""
     primary, replica = free_port(), free_port()
-    servers.start(f"primary-{primary}", f"port {primary}\n")
-    servers.start(f"replica-{replica}", f"port {replica}\nreplicaof 127.0.0.1 {primary}\n")
+    # Either may be the primary: neither waits 5 s for more replicas before a full sync.
+    fast = "repl-diskless-sync-delay 0\n"
+    servers.start(f"primary-{primary}", f"port {primary}\n{fast}")
+    servers.start(f"replica-{replica}", f"port {replica}\n{fast}replicaof 127.0.0.1 {primary}\n")
     wait_for("primary", _ping(primary))
     wait_for(
         "replica in sync",
@@ -183,12 +201,13 @@ def start_sentinels(servers: Servers, *, down_after_ms: int = 1000) -> SentinelS
             sentinel=True,
         )
     for port in sentinels:
-
         # The replica is all a forced failover needs (no vote); waiting for the sentinels to
         # find each other too would add seconds of hello messages to every start.
         def knows_the_replica(port: int = port) -> bool:
             with redis.Redis(port=port, socket_timeout=0.5) as client:
-                return len(client.execute_command("SENTINEL REPLICAS", SERVICE)) == 1
+                replicas = client.execute_command("SENTINEL REPLICAS", SERVICE)
+                peers = client.execute_command("SENTINEL SENTINELS", SERVICE) if quorum else [1, 2]
+            return len(replicas) == 1 and len(peers) == 2
 
         wait_for(f"sentinel {port}", knows_the_replica)
     return SentinelSet(primary, replica, sentinels)
@@ -201,6 +220,30 @@ def force_failover(sentinels: SentinelSet, seconds: float = START_SECONDS) -> in
         client.execute_command("SENTINEL FAILOVER", SERVICE)
     wait_for("failover", lambda: sentinels.current_primary() != before, seconds)
     return sentinels.current_primary()
+
+
+def kill_primary(servers: Servers, sentinels: SentinelSet, seconds: float = START_SECONDS) -> int:
+    """``kill -9`` of the primary; the new primary's port once the sentinels promoted it."""
+    before = sentinels.current_primary()
+    name = f"primary-{before}" if before == sentinels.primary else f"replica-{before}"
+    servers.by_name[name].kill()
+    servers.by_name[name].wait(timeout=5)
+    wait_for("failover", lambda: sentinels.current_primary() != before, seconds)
+    return sentinels.current_primary()
+
+
+def restart_old_primary(servers: Servers, sentinels: SentinelSet, port: int) -> None:
+    """Bring a killed primary back as a replica of the new one, as orchestrators do (left to
+    the sentinels, it would serve as a second primary until their next 10 s look)."""
+    name = f"primary-{port}" if port == sentinels.primary else f"replica-{port}"
+    servers.restart(name, f"replicaof 127.0.0.1 {sentinels.current_primary()}\n")
+
+    def replicating() -> bool:
+        with redis.Redis(port=port, socket_timeout=0.5) as client:
+            info = client.info("replication")
+        return info.get("role") == "slave" and info.get("master_link_status") == "up"
+
+    wait_for("old primary back as a replica", replicating)
 
 
 # --- TLS with an ACL user ----------------------------------------------------------------------
