@@ -47,7 +47,9 @@ def _error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
 _NOT_STORED = _error(
     "Not stored: the spool is full (`spool_full`), its store is unreachable"
     " (`spool_unavailable`) or the sidecar is shutting down (`shutting_down`). Nothing of the"
-    " request was kept; send it again after `Retry-After` seconds.",
+    " request was kept; send it again after `Retry-After` seconds. With `not_replicated`"
+    " (redis.minReplicasAck) the reports are on the Redis primary but not yet on enough"
+    " replicas: send them again with the same idempotency keys, they count once.",
     retry_after=True,
 )
 _BAD = _error("Invalid input; `error.field` names the offending field (e.g. `usages[3].value`).")

@@ -34,9 +34,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from sidecar.cache.tiered import REDIS_FAULTS
+from sidecar.config import StartupError
 from sidecar.redis_connect import RedisClient
 from sidecar.usage.model import KINDS, Kind
 from sidecar.usage.redis_durability import PersistenceGuard
@@ -293,6 +294,12 @@ class RedisSpool:
         try:
             await self._ensure_groups()
             await self._warn_about_legacy_reports()
+        except AuthenticationError:
+            # Not a passing fault: no retry can succeed with these credentials.
+            raise StartupError(
+                "SIDECAR_REDIS_URL: Redis refused the ACL user or password (from the URL or"
+                " SIDECAR_REDIS_USERNAME / SIDECAR_REDIS_PASSWORD)"
+            ) from None
         except RedisError as exc:
             # Not fatal: reports get 503 and the flusher retries until Redis is back.
             log.warning("usage spool: Redis is not reachable yet (%s)", type(exc).__name__)

@@ -183,3 +183,96 @@ def test_an_old_spool_prefix_that_disagrees_with_the_environment_stops_startup(
     assert "\n" not in message
     assert message.startswith("usage.redisKeyPrefix: deprecated alias of cache.environment")
     assert "keep cache.environment and remove usage.redisKeyPrefix" in message
+
+
+# --- Redis: connection forms, TLS files, replica acks -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"SIDECAR_REDIS_URL": "redis://h:6379/0"}, None),
+        ({"SIDECAR_REDIS_URL": "rediss://app:pw@h:6380/0"}, None),
+        ({"SIDECAR_REDIS_URL": "redis+sentinel://s1:26379,s2:26379,s3/primary/2"}, None),
+        ({"SIDECAR_REDIS_URL": "rediss+sentinel://u:pw@s1,s2/primary"}, None),
+        ({"SIDECAR_REDIS_URL": "redis://seed:7000", "SIDECAR_REDIS_CLUSTER": "true"}, None),
+        (
+            {"SIDECAR_REDIS_URL": "redis+sentinel://s1:26379"},
+            "SIDECAR_REDIS_URL: a sentinel URL ends in /<service-name>[/<db number>]",
+        ),
+        (
+            {"SIDECAR_REDIS_URL": "redis+sentinel://s1:26379/primary/zero"},
+            "SIDECAR_REDIS_URL: a sentinel URL ends in /<service-name>[/<db number>]",
+        ),
+        (
+            {"SIDECAR_REDIS_URL": "redis+sentinel://s1:port/primary"},
+            "SIDECAR_REDIS_URL: a sentinel's port is not a number",
+        ),
+        (
+            {"SIDECAR_REDIS_URL": "redis+sentinel://s1/p", "SIDECAR_REDIS_CLUSTER": "1"},
+            "redis.cluster: needs a redis:// or rediss:// seed URL",
+        ),
+        (
+            {
+                "SIDECAR_REDIS_URL": "redis://seed:7000",
+                "SIDECAR_REDIS_CLUSTER": "true",
+                "SIDECAR_REDIS_MIN_REPLICAS_ACK": "1",
+            },
+            "redis.minReplicasAck: not supported with redis.cluster; set it to 0",
+        ),
+        (
+            {"SIDECAR_REDIS_URL": "redis://h", "SIDECAR_REDIS_CA_FILE": "/etc/hosts"},
+            "redis.caFile: needs a rediss:// (TLS) URL",
+        ),
+        (
+            {"SIDECAR_REDIS_URL": "rediss://h", "SIDECAR_REDIS_CA_FILE": "/no/such/ca.pem"},
+            "redis.caFile: /no/such/ca.pem is not a readable file",
+        ),
+        (
+            {"SIDECAR_REDIS_URL": "rediss://h", "SIDECAR_REDIS_CERT_FILE": "/etc/hosts"},
+            "redis.certFile: set together with redis.keyFile (mutual TLS)",
+        ),
+        (
+            {"SIDECAR_REDIS_URL": "redis://:pw@h", "SIDECAR_REDIS_PASSWORD": "other"},
+            "SIDECAR_REDIS_PASSWORD: SIDECAR_REDIS_URL carries one already; keep one",
+        ),
+        (
+            {"SIDECAR_REDIS_URL": "redis://h", "SIDECAR_REDIS_MIN_REPLICAS_ACK": "-1"},
+            "SIDECAR_REDIS_MIN_REPLICAS_ACK: must be at least 0, got -1",
+        ),
+    ],
+)
+def test_redis_connection_forms_and_their_bad_combinations(
+    env: dict[str, str], expected: str | None
+) -> None:
+    if expected is None:
+        assert load_settings(env={**KEY, **env}).redis_url is not None
+        return
+    with pytest.raises(ConfigError) as raised:
+        load_settings(env={**KEY, **env})
+    assert str(raised.value) == expected
+
+
+def test_redis_errors_never_quote_the_url() -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(env={**KEY, "SIDECAR_REDIS_URL": "http://user:hunter2-secret@h/0"})
+    assert "hunter2-secret" not in str(raised.value)
+
+
+def test_redis_credentials_from_files_are_secrets(tmp_path: Path) -> None:
+    (tmp_path / "user").write_text("app\n")
+    (tmp_path / "password").write_text("pw-from-file\n")
+    settings = load_settings(
+        env={
+            **KEY,
+            "SIDECAR_REDIS_URL": "rediss+sentinel://s1,s2,s3/primary",
+            "SIDECAR_REDIS_USERNAME_FILE": str(tmp_path / "user"),
+            "SIDECAR_REDIS_PASSWORD_FILE": str(tmp_path / "password"),
+            "SIDECAR_REDIS_MIN_REPLICAS_ACK": "1",
+        }
+    )
+    assert settings.redis_username == Secret("app")
+    assert settings.redis_password == Secret("pw-from-file")
+    assert settings.redis.min_replicas_ack == 1
+    assert "pw-from-file" not in repr(settings)
+    assert settings.redis_password in settings.secrets()  # redacted from every log line
