@@ -76,6 +76,20 @@ STANDALONE: dict[str, dict[str, Any]] = {
         "redis": {"url": {"existingSecret": "redis-credentials", "key": "url"}},
         "image": {"digest": "sha256:" + "ab" * 32},
     },
+    "standalone-redis-sentinel-tls-acl": {
+        **API_KEY_SECRET,
+        **AUTH_SECRET,
+        "redis": {
+            "sentinel": {
+                "hosts": ["redis-sentinel-0.redis:26379", "redis-sentinel-1.redis:26379"],
+                "service": "mymaster",
+                "tls": True,
+            },
+            "minReplicasAck": 1,
+            "tls": {"existingSecret": "redis-tls", "certKey": "tls.crt", "keyKey": "tls.key"},
+            "credentials": {"existingSecret": "redis-acl"},
+        },
+    },
     "standalone-unauthenticated": {
         **API_KEY_SECRET,
         "standalone": {"allowUnauthenticated": True, "podDisruptionBudget": {"enabled": False}},
@@ -95,6 +109,13 @@ INJECT: dict[str, dict[str, Any]] = {
     "inject-classic-created-secret": {
         "inject": {"type": "classic"},
         "stigg": {"apiKey": {"existingSecret": "", "value": "server-key-123"}},
+    },
+    "inject-native-redis-cluster-tls": {
+        "redis": {
+            "url": {"existingSecret": "redis-cluster-url"},
+            "cluster": True,
+            "tls": {"existingSecret": "redis-tls"},
+        },
     },
     "inject-native-grpc-probes": {
         "auth": {"token": {"value": "loopback-token"}},
@@ -357,6 +378,12 @@ def test_sidecar_accepts_the_rendered_config_and_env(
     result = rendered[scenario]
     _, container = sidecar_of(pod_spec(workloads(result)[0]))
     env = {k: v for k, v in env_of(container).items() if isinstance(v, str)}
+    for name in [n for n in env if n.endswith("_FILE")]:
+        # A mounted Secret's file: a stand-in of the same name.
+        stand_in = tmp_path / "files" / name
+        stand_in.parent.mkdir(exist_ok=True)
+        stand_in.write_text("from-a-secret\n")
+        env[name] = str(stand_in)
     config_path = Path(env["SIDECAR_CONFIG"])
     [config_map] = [c for c in result.of_kind("ConfigMap") if config_path.name in c.get("data", {})]
     config = tmp_path / config_path.name
@@ -365,6 +392,46 @@ def test_sidecar_accepts_the_rendered_config_and_env(
     settings = load_settings(env=env)
     assert settings.server.port == int(env["SIDECAR_SERVER_PORT"])
     assert settings.server.host == env["SIDECAR_SERVER_HOST"]
+
+
+def test_redis_sentinel_tls_and_acl_come_from_mounted_secrets(
+    rendered: dict[str, Rendered],
+) -> None:
+    spec = pod_spec(rendered["standalone-redis-sentinel-tls-acl"].one("Deployment"))
+    _, container = sidecar_of(spec)
+    env = env_of(container)
+    assert env["SIDECAR_REDIS_URL"] == (
+        "rediss+sentinel://redis-sentinel-0.redis:26379,redis-sentinel-1.redis:26379/mymaster/0"
+    )
+    assert env["SIDECAR_REDIS_MIN_REPLICAS_ACK"] == "1"
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    for volume, secret, files in (
+        (
+            "stigg-sidecar-redis-tls",
+            "redis-tls",
+            {"CA": "ca.crt", "CERT": "tls.crt", "KEY": "tls.key"},
+        ),
+        ("stigg-sidecar-redis-auth", "redis-acl", {"USERNAME": "username", "PASSWORD": "password"}),
+    ):
+        assert volumes[volume]["secret"]["secretName"] == secret
+        assert mounts[volume]["readOnly"] is True
+        for what, key in files.items():
+            assert env[f"SIDECAR_REDIS_{what}_FILE"] == f"{mounts[volume]['mountPath']}/{key}"
+    assert "SIDECAR_REDIS_CLUSTER" not in env
+    assert "SIDECAR_REDIS_PASSWORD" not in env  # only ever a file
+
+
+def test_redis_cluster_with_tls_verifies_against_the_mounted_ca(
+    rendered: dict[str, Rendered],
+) -> None:
+    spec = pod_spec(workloads(rendered["inject-native-redis-cluster-tls"])[0])
+    _, container = sidecar_of(spec)
+    env = env_of(container)
+    assert env["SIDECAR_REDIS_URL"]["secretKeyRef"]["name"] == "redis-cluster-url"
+    assert env["SIDECAR_REDIS_CLUSTER"] == "true"
+    assert env["SIDECAR_REDIS_CA_FILE"].endswith("/ca.crt")
+    assert "SIDECAR_REDIS_CERT_FILE" not in env
 
 
 def test_standalone_shape(rendered: dict[str, Rendered]) -> None:
@@ -699,6 +766,37 @@ def test_recommended_labels(rendered: dict[str, Rendered], scenario: str) -> Non
         (
             {**API_KEY_SECRET, **AUTH_SECRET, "grpc": {"enabled": False}, "probes": {"grpc": True}},
             "probes.grpc needs grpc.enabled",
+        ),
+        (
+            {**API_KEY_SECRET, **AUTH_SECRET, "redis": {"cluster": True}},
+            "redis: set redis.url or redis.sentinel.hosts to use Redis",
+        ),
+        (
+            {
+                **API_KEY_SECRET,
+                **AUTH_SECRET,
+                "redis": {"url": {"value": "redis://r:6379"}, "sentinel": {"hosts": ["s:26379"]}},
+            },
+            "redis.sentinel.hosts: set it or redis.url, not both",
+        ),
+        (
+            {
+                **API_KEY_SECRET,
+                **AUTH_SECRET,
+                "redis": {"url": {"value": "redis://r:6379"}, "cluster": True, "minReplicasAck": 1},
+            },
+            "redis.minReplicasAck: not supported with redis.cluster",
+        ),
+        (
+            {
+                **API_KEY_SECRET,
+                **AUTH_SECRET,
+                "redis": {
+                    "url": {"value": "rediss://r:6379"},
+                    "tls": {"existingSecret": "t", "certKey": "tls.crt"},
+                },
+            },
+            "redis.tls.certKey: set together with redis.tls.keyKey",
         ),
     ],
 )

@@ -103,6 +103,23 @@ secretKeyRef:
 {{- if and $v.probes.grpc (not $v.grpc.enabled) }}
 {{- fail "stigg-sidecar: probes.grpc needs grpc.enabled" }}
 {{- end }}
+{{- $r := $v.redis }}
+{{- $redis := or (include "stigg-sidecar.hasSecret" $r.url) $r.sentinel.hosts }}
+{{- if and $r.sentinel.hosts (include "stigg-sidecar.hasSecret" $r.url) }}
+{{- fail "stigg-sidecar: redis.sentinel.hosts: set it or redis.url, not both" }}
+{{- end }}
+{{- if and $r.cluster $r.sentinel.hosts }}
+{{- fail "stigg-sidecar: redis.cluster: needs a redis:// or rediss:// seed URL in redis.url, not redis.sentinel" }}
+{{- end }}
+{{- if and $r.cluster $r.minReplicasAck }}
+{{- fail "stigg-sidecar: redis.minReplicasAck: not supported with redis.cluster; set it to 0" }}
+{{- end }}
+{{- if and (or $r.cluster $r.minReplicasAck $r.tls.existingSecret $r.credentials.existingSecret) (not $redis) }}
+{{- fail "stigg-sidecar: redis: set redis.url or redis.sentinel.hosts to use Redis" }}
+{{- end }}
+{{- if ne (not $r.tls.certKey) (not $r.tls.keyKey) }}
+{{- fail "stigg-sidecar: redis.tls.certKey: set together with redis.tls.keyKey (mutual TLS)" }}
+{{- end }}
 {{- end }}
 
 {{/* Pod annotations that restart the pods when the config or a created Secret changes. */}}
@@ -181,6 +198,9 @@ The sidecar container, as one list item.
       valueFrom:
         {{- include "stigg-sidecar.secretKeyRef" (dict "ctx" $c "secret" $v.redis.url) | nindent 8 }}
     {{- end }}
+    {{- with include "stigg-sidecar.redisEnv" $c }}
+    {{- . | nindent 4 }}
+    {{- end }}
     {{- if include "stigg-sidecar.hasSecret" $v.auth.token }}
     - name: SIDECAR_AUTH_TOKEN
       valueFrom:
@@ -242,6 +262,63 @@ The sidecar container, as one list item.
     - name: stigg-sidecar-run
       mountPath: {{ $v.unixSocket.directory }}
     {{- end }}
+    {{- if $v.redis.tls.existingSecret }}
+    - name: stigg-sidecar-redis-tls
+      mountPath: {{ include "stigg-sidecar.redisTlsDir" $c }}
+      readOnly: true
+    {{- end }}
+    {{- if $v.redis.credentials.existingSecret }}
+    - name: stigg-sidecar-redis-auth
+      mountPath: {{ include "stigg-sidecar.redisAuthDir" $c }}
+      readOnly: true
+    {{- end }}
+{{- end }}
+
+{{- define "stigg-sidecar.redisTlsDir" -}}
+/var/run/secrets/stigg-sidecar/redis-tls
+{{- end }}
+
+{{- define "stigg-sidecar.redisAuthDir" -}}
+/var/run/secrets/stigg-sidecar/redis-auth
+{{- end }}
+
+{{/* Redis beyond the URL: the sentinel URL, Cluster, replica acks, TLS and ACL files. */}}
+{{- define "stigg-sidecar.redisEnv" -}}
+{{- $r := .Values.redis -}}
+{{- with $r.sentinel.hosts }}
+- name: SIDECAR_REDIS_URL
+  value: {{ printf "%s://%s/%s/%d" (ternary "rediss+sentinel" "redis+sentinel" $r.sentinel.tls) (join "," .) $r.sentinel.service (int $r.sentinel.db) | quote }}
+{{- end }}
+{{- if $r.cluster }}
+- name: SIDECAR_REDIS_CLUSTER
+  value: "true"
+{{- end }}
+{{- if $r.minReplicasAck }}
+- name: SIDECAR_REDIS_MIN_REPLICAS_ACK
+  value: {{ $r.minReplicasAck | quote }}
+{{- end }}
+{{- if $r.tls.existingSecret }}
+{{- $dir := include "stigg-sidecar.redisTlsDir" . }}
+{{- with $r.tls.caKey }}
+- name: SIDECAR_REDIS_CA_FILE
+  value: {{ printf "%s/%s" $dir . | quote }}
+{{- end }}
+{{- if $r.tls.certKey }}
+- name: SIDECAR_REDIS_CERT_FILE
+  value: {{ printf "%s/%s" $dir $r.tls.certKey | quote }}
+- name: SIDECAR_REDIS_KEY_FILE
+  value: {{ printf "%s/%s" $dir $r.tls.keyKey | quote }}
+{{- end }}
+{{- end }}
+{{- if $r.credentials.existingSecret }}
+{{- $dir := include "stigg-sidecar.redisAuthDir" . }}
+{{- with $r.credentials.usernameKey }}
+- name: SIDECAR_REDIS_USERNAME_FILE
+  value: {{ printf "%s/%s" $dir . | quote }}
+{{- end }}
+- name: SIDECAR_REDIS_PASSWORD_FILE
+  value: {{ printf "%s/%s" $dir $r.credentials.passwordKey | quote }}
+{{- end }}
 {{- end }}
 
 {{/* The pod volumes the sidecar container mounts, as list items. */}}
@@ -259,6 +336,18 @@ The sidecar container, as one list item.
   emptyDir:
     medium: Memory
     sizeLimit: 1Mi
+{{- end }}
+{{- with $v.redis.tls.existingSecret }}
+- name: stigg-sidecar-redis-tls
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+{{- end }}
+{{- with $v.redis.credentials.existingSecret }}
+- name: stigg-sidecar-redis-auth
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
 {{- end }}
 {{- end }}
 
