@@ -104,7 +104,9 @@ class Servers:
         self.processes.clear()
 
 
-def _ping(port: int, **options: Any) -> Callable[[], bool]:
+def pings(port: int, **options: Any) -> Callable[[], bool]:
+    """A check that the server on ``port`` answers PING."""
+
     def check() -> bool:
         with redis.Redis(port=port, socket_timeout=0.5, **options) as client:
             return bool(client.ping())
@@ -129,7 +131,7 @@ def start_cluster(servers: Servers, primaries: int = 3) -> list[int]:
             "cluster-config-file nodes.conf\ncluster-node-timeout 2000\n",
         )
     for port in ports:
-        wait_for(f"cluster node {port}", _ping(port))
+        wait_for(f"cluster node {port}", pings(port))
     clients = [redis.Redis(port=port, socket_timeout=2) for port in ports]
     try:
         slots = 16384 // primaries
@@ -183,7 +185,7 @@ def start_sentinels(
     fast = "repl-diskless-sync-delay 0\n"
     servers.start(f"primary-{primary}", f"port {primary}\n{fast}")
     servers.start(f"replica-{replica}", f"port {replica}\n{fast}replicaof 127.0.0.1 {primary}\n")
-    wait_for("primary", _ping(primary))
+    wait_for("primary", pings(primary))
     wait_for(
         "replica in sync",
         lambda: (
@@ -355,7 +357,7 @@ def start_tls(servers: Servers) -> tuple[int, TlsFiles]:
             # A build without TLS exits at once on the tls-* directives.
             log = servers.log_of(name).strip()[-300:]
             raise Unsupported(f"redis-server did not start with TLS (built without it?): {log}")
-        return _ping(port, **options)()
+        return pings(port, **options)()
 
     wait_for("tls server", ready)
     return port, files
