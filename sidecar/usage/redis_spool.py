@@ -259,9 +259,10 @@ class RedisSpool:
         self._scripts: dict[str, Any] = {}
         self._min_replicas_ack = min_replicas_ack
         self._ack_timeout_ms = max(1, round(replica_ack_timeout * 1000))
+        self._alive_key = f"{tag}:spool-alive"
         self.persistence = PersistenceGuard(
             list(self._stream.values()),
-            f"{tag}:spool-alive",
+            self._alive_key,
             allow_volatile=allow_volatile,
             clock=clock,
         )
@@ -352,7 +353,7 @@ class RedisSpool:
         if result == -1:
             raise SpoolFull
         stored = [bool(flag) for flag in result]
-        if confirmed < self._min_replicas_ack and any(stored):
+        if confirmed < self._min_replicas_ack:
             raise NotReplicated(stored, confirmed, self._min_replicas_ack)
         return stored
 
@@ -360,17 +361,21 @@ class RedisSpool:
         """Run ``calls`` and, with ``min_replicas_ack``, ``WAIT`` for that many replicas: the
         script replies, and how many replicas confirmed (0 when none were asked for).
 
-        One non-transactional pipeline holds one connection, so ``WAIT`` (which counts the
-        writes of its own connection) covers exactly these calls, in one round trip; a batch
-        of appends is more calls in the same pipeline."""
+        One non-transactional pipeline holds one connection, so ``WAIT`` (which waits for the
+        replication offset of its own connection's last write) covers these calls, in one
+        round trip; a batch of appends is more calls in the same pipeline. A write of our own
+        goes last: a retry whose reports are all duplicates writes nothing, and must still
+        wait until the replicas hold the first attempt's write (the stream is ordered, so an
+        offset past it covers it)."""
         if self._min_replicas_ack == 0:
             return [await self._call(call, self.redis) for call in calls], 0
         async with self.redis.pipeline(transaction=False) as pipe:
             for call in calls:
                 await self._call(call, pipe)
+            pipe.set(self._alive_key, "1")
             pipe.execute_command("WAIT", self._min_replicas_ack, self._ack_timeout_ms)
             replies = await pipe.execute()
-        return replies[:-1], int(replies[-1])
+        return replies[:-2], int(replies[-1])
 
     def _call(self, call: ScriptCall, client: Any) -> Any:
         return self._scripts[call.script](keys=call.keys, args=call.args, client=client)

@@ -241,8 +241,8 @@ class UsageService:
             # Stored on the primary and de-duplicated there: the client's retry with the same
             # keys is answered "duplicate" and counted once. Delivered in any case.
             stats.not_replicated += sum(exc.stored)
-            stats.duplicates += len(exc.stored) - sum(exc.stored)
-            self.flushers[kind].notify()
+            if any(exc.stored):
+                self.flushers[kind].notify()
             _faults.log(
                 "replicas",
                 logging.WARNING,

@@ -33,9 +33,10 @@ class SpoolUnavailable(Exception):
 
 
 class NotReplicated(Exception):
-    """The reports are stored on the Redis primary, but fewer replicas than asked confirmed
-    them in time: a failover now could lose them, so they are not acknowledged. They stay
-    spooled; a retry with the same client keys is answered as duplicates."""
+    """Fewer replicas than asked confirmed the reports in time (new ones, or an earlier
+    attempt's that this retry found as duplicates): a failover now could lose them, so they
+    are not acknowledged. They stay spooled; a retry with the same client keys is answered
+    as duplicates once the replicas confirm."""
 
     def __init__(self, stored: list[bool], confirmed: int, wanted: int) -> None:
         super().__init__(f"{confirmed} of {wanted} replica(s) confirmed the write")

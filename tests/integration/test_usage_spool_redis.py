@@ -53,8 +53,9 @@ async def make_spool(redis_target: RedisTarget) -> AsyncIterator[suite.Factory]:
 
 async def test_appends_wait_for_a_replica_when_asked(redis_sentinel: RedisTarget) -> None:
     """With minReplicasAck 1 the append is confirmed by the replica (WAIT on the write's own
-    connection); asking for more replicas than exist is answered NotReplicated, and the
-    reports stay spooled, so the retry is a duplicate."""
+    connection); asking for more replicas than exist is answered NotReplicated, even for a
+    retry that finds its reports already spooled, until enough replicas confirm: then the
+    retry is a duplicate."""
     from sidecar.usage.spool import NotReplicated
 
     client = redis_sentinel.client()
@@ -81,6 +82,9 @@ async def test_appends_wait_for_a_replica_when_asked(redis_sentinel: RedisTarget
         with pytest.raises(NotReplicated) as raised:
             await two.append("usage", [NewReport(body, "b")], 0.0)
         assert (raised.value.stored, raised.value.confirmed) == ([True], 1)
+        with pytest.raises(NotReplicated) as raised:
+            await two.append("usage", [NewReport(body, "b")], 0.0)
+        assert raised.value.stored == [False]  # kept, still not acknowledged
         assert await one.append("usage", [NewReport(body, "b")], 0.0) == [False]
         assert (await one.depth()).reports["usage"] == 2
     finally:
