@@ -246,7 +246,7 @@ class Replication:
                 yield message
 
     async def _receive(self, message: Mapping[str, Any], sink: ReplicaSink) -> None:
-        if message.get("type") not in ("message", "smessage", b"smessage"):
+        if message.get("type") not in ("message", "smessage"):
             return
         try:
             wire = orjson.loads(message["data"])
