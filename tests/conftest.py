@@ -6,9 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
 import tempfile
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -115,7 +113,7 @@ async def sidecar(
         await client.close()
 
 
-def _unavailable(message: str) -> None:
+def unavailable(message: str) -> None:
     """Skip a test whose Redis deployment this machine cannot run; under CI, fail it."""
     if os.environ.get("CI") == "true":
         pytest.fail(message)
@@ -150,7 +148,11 @@ class RedisTarget:
 def redis_deployments(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis_servers.Servers]:
     """Where the Cluster, Sentinel and TLS deployments run; all killed at the end."""
     if shutil.which("redis-server") is None:
-        _unavailable("redis-server is not installed")
+        unavailable(
+            "redis-server is not installed: install it (Debian/Ubuntu: "
+            "'sudo apt-get install redis-server', macOS: 'brew install redis') to run "
+            "the integration tests that need Redis"
+        )
     servers = redis_servers.Servers(tmp_path_factory.mktemp("redis"))
     try:
         yield servers
@@ -162,13 +164,13 @@ def _deploy(build: Callable[[], RedisTarget]) -> RedisTarget:
     try:
         return build()
     except redis_servers.Unsupported as exc:
-        _unavailable(f"skipping: {exc}")
+        unavailable(f"skipping: {exc}")
         raise
 
 
 @pytest.fixture(scope="session")
 def redis_cluster(redis_deployments: redis_servers.Servers) -> RedisTarget:
-    """A 3-primary Cluster, reached through one seed node."""
+    """A 3-primary Cluster, reached through one seed node (started once, for the session)."""
 
     def build() -> RedisTarget:
         ports = redis_servers.start_cluster(redis_deployments)
@@ -216,58 +218,9 @@ def redis_target(request: pytest.FixtureRequest) -> RedisTarget:
 
 
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[str]:
+def redis_server(redis_deployments: redis_servers.Servers) -> str:
     """A private redis-server on a free loopback port; its URL. Stopped at the end."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        message = (
-            "redis-server is not installed: install it (Debian/Ubuntu: "
-            "'sudo apt-get install redis-server', macOS: 'brew install redis') to run "
-            "the integration tests that need Redis"
-        )
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
     port = free_port()
-    process = subprocess.Popen(
-        [
-            binary,
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--save",
-            "",
-            # The Redis spool refuses a Redis without AOF (usage.allowVolatileRedis).
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "everysec",
-            "--dir",
-            temporary_data_dir().as_posix(),
-            "--protected-mode",
-            "yes",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"redis-server did not start on 127.0.0.1:{port}")
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    redis_deployments.start(f"standalone-{port}", f"port {port}\nprotected-mode yes\n")
+    redis_servers.wait_for(f"redis-server on 127.0.0.1:{port}", redis_servers.pings(port))
+    return f"redis://127.0.0.1:{port}/0"

@@ -277,6 +277,11 @@ async def test_restarted_sidecar_serves_from_redis_while_stigg_hangs(
     settings = redis_settings(emulator, redis_target, uuid.uuid4().hex)
     first = await start_sidecar(settings)
     try:
+        from sidecar.app import REPLICATION
+
+        # The Resync of a (slower, e.g. via the sentinels) first subscription would otherwise
+        # discard the fetch in flight, and with it the write to Redis this test relies on.
+        await eventually(first.app[REPLICATION].connected.is_set)
         assert (await check(first))["currentUsage"] == 1200
     finally:
         await first.close()

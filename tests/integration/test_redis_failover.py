@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient
 from sidecar.config import CacheSettings, RedisSettings, UsageSettings
 from sidecar.emulator import EmulatorServer
 from tests import redis_servers
-from tests.conftest import RedisTarget, _unavailable, sidecar_settings, start_sidecar
+from tests.conftest import RedisTarget, sidecar_settings, start_sidecar, unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +49,7 @@ async def test_failover_during_a_flood_loses_and_doubles_nothing(
             redis_servers.start_sentinels, servers, quorum=how == "kill-9"
         )
     except redis_servers.Unsupported as exc:
-        _unavailable(f"skipping: {exc}")
+        unavailable(f"skipping: {exc}")
     acked = RedisSettings(min_replicas_ack=1, replica_ack_timeout_seconds=0.5)
     target = RedisTarget("sentinel", sentinels.url, acked)
     base = sidecar_settings(emulator.url)

@@ -22,7 +22,7 @@ from sidecar.config import CacheSettings, RedisSettings, Settings, StartupError
 from sidecar.emulator import EmulatorServer
 from sidecar.redis_namespace import RedisNamespace
 from tests import redis_servers
-from tests.conftest import RedisTarget, _unavailable, sidecar_settings, start_sidecar
+from tests.conftest import RedisTarget, sidecar_settings, start_sidecar, unavailable
 from tests.eventually import eventually
 from tests.integration.test_management import manage
 
@@ -117,7 +117,7 @@ def cluster(tmp_path: Path) -> Iterator[tuple[redis_servers.Servers, list[int]]]
     try:
         yield servers, redis_servers.start_cluster(servers)
     except redis_servers.Unsupported as exc:
-        _unavailable(f"skipping: {exc}")
+        unavailable(f"skipping: {exc}")
     finally:
         servers.stop()
 
