@@ -136,13 +136,16 @@ class PersistenceGuard:
 
     async def _after_restart(self, client: Any) -> None:
         if await client.exists(self._marker):
-            log.warning("usage spool: Redis restarted (run id changed); the spool is intact")
+            log.warning(
+                "usage spool: Redis restarted or failed over (run id changed); the spool is intact"
+            )
             return
         now = self._wall_clock()
         since = self._holding_since if self._holding_since is not None else self._seen_at
         log.error(
-            "usage spool: Redis restarted (run id changed) and the spool streams %s are gone: "
-            "reports accepted between %s and %s that were not yet delivered may be lost",
+            "usage spool: Redis restarted or failed over (run id changed) and the spool streams"
+            " %s are gone: reports accepted between %s and %s that were not yet delivered may be"
+            " lost",
             ", ".join(self._streams),
             _iso(since if since is not None else now),
             _iso(now),
