@@ -73,23 +73,25 @@ class Servers:
             # The Redis spool refuses a Redis without AOF (usage.allowVolatileRedis).
             common += "appendonly yes\nappendfsync everysec\n"
         conf.write_text(common + config)
-        args = [shutil.which("redis-server") or "redis-server", str(conf)]
+        return self._launch(name, sentinel=sentinel)
+
+    def restart(self, name: str, extra_config: str = "") -> None:
+        """Start ``name`` again on its own configuration and data (after a kill)."""
+        conf = self.root / name / "redis.conf"
+        conf.write_text(conf.read_text() + extra_config)
+        self._launch(name)
+
+    def _launch(self, name: str, *, sentinel: bool = False) -> subprocess.Popen[bytes]:
+        args = [
+            shutil.which("redis-server") or "redis-server",
+            str(self.root / name / "redis.conf"),
+        ]
         if sentinel:
             args.append("--sentinel")
         process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.processes.append(process)
         self.by_name[name] = process
         return process
-
-    def restart(self, name: str, extra_config: str = "") -> None:
-        """Start ``name`` again on its own configuration and data (after a kill)."""
-        conf = self.root / name / "redis.conf"
-        if extra_config:
-            conf.write_text(conf.read_text() + extra_config)
-        args = [shutil.which("redis-server") or "redis-server", str(conf)]
-        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.processes.append(process)
-        self.by_name[name] = process
 
     def log_of(self, name: str) -> str:
         path = self.root / name / "log"
@@ -169,6 +171,10 @@ class SentinelSet:
         hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinels)
         return f"redis+sentinel://{hosts}/{SERVICE}/0"
 
+    def name_of(self, port: int) -> str:
+        """The ``Servers`` name of the data node on ``port`` (named by its first role)."""
+        return f"primary-{port}" if port == self.primary else f"replica-{port}"
+
     def current_primary(self) -> int:
         with redis.Redis(port=self.sentinels[0], socket_timeout=1) as client:
             _, port = client.sentinel_get_master_addr_by_name(SERVICE)
@@ -227,7 +233,7 @@ def force_failover(sentinels: SentinelSet, seconds: float = START_SECONDS) -> in
 def kill_primary(servers: Servers, sentinels: SentinelSet, seconds: float = START_SECONDS) -> int:
     """``kill -9`` of the primary; the new primary's port once the sentinels promoted it."""
     before = sentinels.current_primary()
-    name = f"primary-{before}" if before == sentinels.primary else f"replica-{before}"
+    name = sentinels.name_of(before)
     servers.by_name[name].kill()
     servers.by_name[name].wait(timeout=5)
     wait_for("failover", lambda: sentinels.current_primary() != before, seconds)
@@ -237,7 +243,7 @@ def kill_primary(servers: Servers, sentinels: SentinelSet, seconds: float = STAR
 def restart_old_primary(servers: Servers, sentinels: SentinelSet, port: int) -> None:
     """Bring a killed primary back as a replica of the new one, as orchestrators do (left to
     the sentinels, it would serve as a second primary until their next 10 s look)."""
-    name = f"primary-{port}" if port == sentinels.primary else f"replica-{port}"
+    name = sentinels.name_of(port)
     servers.restart(name, f"replicaof 127.0.0.1 {sentinels.current_primary()}\n")
 
     def replicating() -> bool:
