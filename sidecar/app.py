@@ -19,11 +19,11 @@ import redis.asyncio as redis
 from aiohttp import web
 
 from sidecar.api.edge import edge_routes
-from sidecar.api.errors import error_middleware
 from sidecar.api.graphql import graphql_passthrough
 from sidecar.api.graphql_ws import close_graphql_websockets, graphql_websocket, graphql_ws_ctx
 from sidecar.api.grpc.server import GrpcListener, start_grpc
 from sidecar.api.http_errors import answer_parse_errors_as_json, rate_limit_parse_error_logs
+from sidecar.api.layer import api_layer
 from sidecar.api.management import (
     MANAGEMENT,
     METRICS,
@@ -33,7 +33,6 @@ from sidecar.api.management import (
     readiness,
     use_redis_for_readiness,
 )
-from sidecar.api.observe import bearer_middleware, observe_middleware
 from sidecar.api.openapi import openapi_document
 from sidecar.api.rest import routes
 from sidecar.api.usage import usage_routes
@@ -263,10 +262,14 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> web.A
     )
     app = web.Application(client_max_size=settings.server.max_body_bytes)
     metrics = Metrics(lambda: app.get(SERVICES))
-    app.middlewares.append(observe_middleware(metrics, access_log=settings.logging.access_log))
-    if settings.auth_token is not None:
-        app.middlewares.append(bearer_middleware(settings.auth_token))
-    app.middlewares.append(error_middleware(settings.server.max_body_bytes))
+    app.middlewares.append(
+        api_layer(
+            metrics,
+            access_log=settings.logging.access_log,
+            token=settings.auth_token,
+            max_body_bytes=settings.server.max_body_bytes,
+        )
+    )
     answer_parse_errors_as_json(app)
     rate_limit_parse_error_logs()
     app[SETTINGS] = settings

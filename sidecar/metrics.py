@@ -10,12 +10,14 @@ happens. No label carries a customer, feature or raw path: cardinality stays bou
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
 import logging
 import platform
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
@@ -105,8 +107,28 @@ _USAGE_COUNTERS = (
     ("usage_upstream_calls", "Flush calls to Stigg, whatever their outcome.", "upstream_calls"),
     ("usage_batches_flushed", "Flush calls Stigg acknowledged.", "batches"),
 )
-UNMATCHED = "unmatched"
 SPOOL_DEPTH_TIMEOUT_SECONDS = 1.0
+
+
+class HttpCounts:
+    """One route and method's answers by status: how many, and their latency in buckets.
+
+    Plain numbers that the scrape reads: a Prometheus child's lock and its loop over the
+    buckets cost more than the rest of a cached check's own work.
+    """
+
+    __slots__ = ("by_status",)
+
+    def __init__(self) -> None:
+        # status -> [sum of seconds, then one count per bucket of HTTP_BUCKETS and +Inf]
+        self.by_status: dict[int, list[float]] = {}
+
+    def observe(self, status: int, seconds: float) -> None:
+        row = self.by_status.get(status)
+        if row is None:
+            row = self.by_status[status] = [0.0] * (len(HTTP_BUCKETS) + 2)
+        row[0] += seconds
+        row[1 + bisect.bisect_left(HTTP_BUCKETS, seconds)] += 1
 
 
 @dataclass
@@ -125,19 +147,6 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.services = services
         self._scraped = _Scraped()
-        self.http_requests = Counter(
-            f"{PREFIX}_http_requests",
-            "HTTP requests to the app-facing API, by route template, method and status.",
-            ["route", "method", "status"],
-            registry=self.registry,
-        )
-        self.http_duration = Histogram(
-            f"{PREFIX}_http_request_duration_seconds",
-            "Time to answer an API request, by route template, method and status.",
-            ["route", "method", "status"],
-            buckets=HTTP_BUCKETS,
-            registry=self.registry,
-        )
         self.upstream_requests = Counter(
             f"{PREFIX}_upstream_requests",
             "Call attempts to Stigg by operation and outcome (circuit_open: not sent).",
@@ -163,24 +172,15 @@ class Metrics:
                 self.upstream_requests.labels(operation, outcome)
             # Latency pre-initialised for successes only: every outcome would be ~1000 series.
             self.upstream_duration.labels(operation, "success")
-        self._http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._http: dict[tuple[str, str], HttpCounts] = {}
         self.registry.register(_StateCollector(self))
 
-    # --- hot path ------------------------------------------------------------------------
-
-    def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
-        """One answered API request (called by the request middleware)."""
-        key = (route, method, status)
-        children = self._http_children.get(key)
-        if children is None:
-            label = str(status)
-            children = (
-                self.http_requests.labels(route, method, label),
-                self.http_duration.labels(route, method, label),
-            )
-            self._http_children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+    def http_counts(self, route: str, method: str) -> HttpCounts:
+        """Where the API layer counts the answers of one route and method."""
+        counts = self._http.get((route, method))
+        if counts is None:
+            counts = self._http[route, method] = HttpCounts()
+        return counts
 
     def observe_upstream(self, operation: str, outcome: str, seconds: float) -> None:
         """One call attempt to Stigg (``StiggClient.observer``)."""
@@ -232,6 +232,7 @@ class _StateCollector(Collector):
         return []  # names are only known once collected; skip the registry's duplicate check
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._http()
         services = self._metrics.services()
         if services is not None:
             yield from self._entitlements(services)
@@ -239,6 +240,28 @@ class _StateCollector(Collector):
             yield from self._breaker(services)
         yield from self._realtime(services.realtime if services is not None else None)
         yield self._unexpected_answers()
+
+    def _http(self) -> Iterator[Metric]:
+        labels = ["route", "method", "status"]
+        requests = _counter(
+            "http_requests",
+            "HTTP requests to the app-facing API, by route template, method and status.",
+            labels,
+        )
+        duration = HistogramMetricFamily(
+            f"{PREFIX}_http_request_duration_seconds",
+            "Time to answer an API request, by route template, method and status.",
+            labels=labels,
+        )
+        bounds = [*(str(float(bound)) for bound in HTTP_BUCKETS), "+Inf"]
+        for (route, method), counts in list(self._metrics._http.items()):
+            for status, row in list(counts.by_status.items()):
+                values = [route, method, str(status)]
+                cumulative = list(itertools.accumulate(int(n) for n in row[1:]))
+                requests.add_metric(values, cumulative[-1])
+                duration.add_metric(values, list(zip(bounds, cumulative, strict=True)), row[0])
+        yield requests
+        yield duration
 
     def _unexpected_answers(self) -> Metric:
         family = _counter(
@@ -287,8 +310,13 @@ class _StateCollector(Collector):
         entries = _gauge("cache_entries", "Entitlement states cached, by level.", ["level"])
         entries.add_metric(["l1"], len(entitlements.l1))
         yield entries
-        size = _gauge("cache_bytes", "Approximate bytes of cached state, by level.", ["level"])
+        size = _gauge(
+            "cache_bytes",
+            "Approximate bytes of cached state, by level (answers: rendered check answers).",
+            ["level"],
+        )
         size.add_metric(["l1"], entitlements.l1.bytes_used)
+        size.add_metric(["answers"], entitlements.answers_bytes)
         yield size
 
     def _breaker(self, services: Services) -> Iterator[Metric]:

@@ -2,8 +2,9 @@
 by every replica, so reports outlive the pod that accepted them.
 
 - **Accept**: one Lua script per request checks the bounds, claims client keys
-  (``SET key 1 NX EX window`` semantics) and ``XADD``s every new report, atomically; the API
-  answers 202 only after Redis replied. How durable that reply is depends on Redis's
+  (``SET key 1 NX EX window`` semantics) and ``XADD``s every new report, atomically; the
+  scripts of concurrent requests go in one pipeline (group commit: one round trip for all);
+  the API answers 202 only after Redis replied. How durable that reply is depends on Redis's
   persistence, which is the operator's choice: with ``appendonly yes`` and
   ``appendfsync always`` an acknowledged report survives a Redis crash; with the common
   ``everysec`` up to a second of acknowledged reports can be lost if Redis itself dies.
@@ -20,6 +21,7 @@ by every replica, so reports outlive the pod that accepted them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -31,7 +33,7 @@ from typing import Any
 
 import orjson
 import redis.asyncio as redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from sidecar.usage.model import KINDS, Kind
 from sidecar.usage.redis_durability import PersistenceGuard
@@ -237,6 +239,9 @@ class RedisSpool:
             [f"{{{legacy_prefix}}}:spool:{kind}" for kind in KINDS] if legacy_prefix else []
         )
         self._scripts: dict[str, Any] = {}
+        # Appends waiting for the next pipeline, and the task writing them.
+        self._pending: list[tuple[list[str], list[Any], asyncio.Future[list[bool]]]] = []
+        self._writer: asyncio.Task[None] | None = None
         self.persistence = PersistenceGuard(
             list(self._stream.values()),
             f"{tag}:spool-alive",
@@ -317,13 +322,56 @@ class RedisSpool:
             args.extend((report.body, index))
         if self.persistence.refusing:
             raise SpoolUnavailable("Redis keeps no append-only file (see usage.allowVolatileRedis)")
+        future: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
+        self._pending.append((keys, args, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_pending())
+        return await future
+
+    async def _write_pending(self) -> None:
+        """Group commit: the appends of every request waiting now go to Redis as one pipeline
+        (one round trip); those arriving meanwhile go in the next one. Each request's script
+        still runs atomically on its own (all of its reports or none)."""
+        group: list[tuple[list[str], list[Any], asyncio.Future[list[bool]]]] = []
         try:
-            result = await self._scripts["append"](keys=keys, args=args)
-        except RedisError as exc:
-            raise SpoolUnavailable(f"Redis: {type(exc).__name__}: {exc}") from None
-        if result == -1:
-            raise SpoolFull
-        return [bool(flag) for flag in result]
+            while self._pending:
+                group, self._pending = self._pending, []
+                try:
+                    results = await self._append_pipelined([(k, a) for k, a, _ in group])
+                except Exception as exc:  # noqa: BLE001 - each waiting request gets it as its answer
+                    error = SpoolUnavailable(f"Redis: {type(exc).__name__}: {exc}")
+                    results = [error] * len(group)
+                for (*_, future), result in zip(group, results, strict=True):
+                    if not future.done():
+                        _settle_append(future, result)
+        finally:
+            for *_, future in group:  # only when cancelled mid-write (shutdown)
+                if not future.done():
+                    future.set_exception(SpoolUnavailable("the spool is closing"))
+
+    async def _append_pipelined(self, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Run the append script once per call in one pipeline; each call's reply, or the
+        error it met. A Redis that lost its scripts (restart, failover) gets them again and
+        the calls it refused are run again: refused, they did nothing."""
+        script = self._scripts["append"]
+        results: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for attempt in range(2):
+            pipe = self.redis.pipeline(transaction=False)
+            for index in todo:
+                keys, args = calls[index]
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            replies = await pipe.execute(raise_on_error=False)
+            refused = []
+            for index, reply in zip(todo, replies, strict=True):
+                if isinstance(reply, NoScriptError) and attempt == 0:
+                    refused.append(index)
+                results[index] = reply
+            if not refused:
+                break
+            await self.redis.script_load(_APPEND)
+            todo = refused
+        return results
 
     # --- the flush lease ----------------------------------------------------------------------
 
@@ -543,6 +591,18 @@ class RedisSpool:
 
     async def purge_expired_keys(self, now: float) -> int:
         return 0  # the keys carry their own expiry (EX)
+
+
+def _settle_append(future: asyncio.Future[list[bool]], result: Any) -> None:
+    """Answer one waiting append with its script's reply."""
+    if isinstance(result, SpoolUnavailable):
+        future.set_exception(result)
+    elif isinstance(result, Exception):
+        future.set_exception(SpoolUnavailable(f"Redis: {type(result).__name__}: {result}"))
+    elif result == -1:
+        future.set_exception(SpoolFull())
+    else:
+        future.set_result([bool(flag) for flag in result])
 
 
 def _other(kind: Kind) -> Kind:

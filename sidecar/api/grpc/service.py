@@ -11,7 +11,6 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -250,16 +249,7 @@ def status_of(exc: Exception) -> tuple[grpc.StatusCode, str] | None:
 def log_unhandled(method: str, exc: Exception) -> None:
     """One line per method and error type per interval, with a count and where it was raised:
     a bug hit on every call must not flood the log with tracebacks."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
-    _faults.log(
-        f"{method}:{type(exc).__name__}",
-        logging.ERROR,
-        "unhandled error in gRPC %s: %r at %s",
-        method,
-        exc,
-        where,
-    )
+    _faults.unhandled(f"gRPC {method}", exc)
 
 
 class GrpcMetrics:
