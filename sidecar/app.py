@@ -22,8 +22,12 @@ from sidecar.api.edge import edge_routes
 from sidecar.api.graphql import graphql_passthrough
 from sidecar.api.graphql_ws import close_graphql_websockets, graphql_websocket, graphql_ws_ctx
 from sidecar.api.grpc.server import GrpcListener, start_grpc
-from sidecar.api.http_errors import answer_parse_errors_as_json, rate_limit_parse_error_logs
-from sidecar.api.layer import api_layer
+from sidecar.api.http_errors import (
+    UNMATCHED,
+    answer_parse_errors_as_json,
+    rate_limit_parse_error_logs,
+)
+from sidecar.api.layer import ApiLayer
 from sidecar.api.management import (
     MANAGEMENT,
     METRICS,
@@ -262,14 +266,13 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> web.A
     )
     app = web.Application(client_max_size=settings.server.max_body_bytes)
     metrics = Metrics(lambda: app.get(SERVICES))
-    app.middlewares.append(
-        api_layer(
-            metrics,
-            access_log=settings.logging.access_log,
-            token=settings.auth_token,
-            max_body_bytes=settings.server.max_body_bytes,
-        )
+    layer = ApiLayer(
+        metrics,
+        access_log=settings.logging.access_log,
+        token=settings.auth_token,
+        max_body_bytes=settings.server.max_body_bytes,
     )
+    app[UNMATCHED] = layer.unmatched
     answer_parse_errors_as_json(app)
     rate_limit_parse_error_logs()
     app[SETTINGS] = settings
@@ -302,13 +305,19 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> web.A
         from sidecar.api.mcp_server import setup_mcp
 
         setup_mcp(app, settings, lambda: app[SERVICES])
-    app.add_routes(routes())
-    app.add_routes(usage_routes())
-    app.add_routes(webhook_routes())
-    app.add_routes(edge_routes(app))
-    app.router.add_post("/graphql", graphql_passthrough)
-    app.router.add_get("/graphql", graphql_websocket, allow_head=False)
-    app.router.add_get("/openapi.json", _openapi, allow_head=False)
+    app.add_routes(
+        layer.routes(
+            [
+                *routes(),
+                *usage_routes(),
+                *webhook_routes(),
+                *edge_routes(app),
+                web.post("/graphql", graphql_passthrough),
+                web.get("/graphql", graphql_websocket, allow_head=False),
+                web.get("/openapi.json", _openapi, allow_head=False),
+            ]
+        )
+    )
     _unwind_on_failed_start(app)
     return app
 

@@ -15,7 +15,7 @@ import itertools
 import logging
 import platform
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -110,25 +110,76 @@ _USAGE_COUNTERS = (
 SPOOL_DEPTH_TIMEOUT_SECONDS = 1.0
 
 
-class HttpCounts:
-    """One route and method's answers by status: how many, and their latency in buckets.
+class LatencyCounts:
+    """One series' answers by outcome (an HTTP status, a gRPC code): how many, and their
+    latency in buckets.
 
     Plain numbers that the scrape reads: a Prometheus child's lock and its loop over the
     buckets cost more than the rest of a cached check's own work.
     """
 
-    __slots__ = ("by_status",)
+    __slots__ = ("by_outcome",)
 
     def __init__(self) -> None:
-        # status -> [sum of seconds, then one count per bucket of HTTP_BUCKETS and +Inf]
-        self.by_status: dict[int, list[float]] = {}
+        # outcome -> [sum of seconds, then one count per bucket of HTTP_BUCKETS and +Inf]
+        self.by_outcome: dict[str, list[float]] = {}
 
-    def observe(self, status: int, seconds: float) -> None:
-        row = self.by_status.get(status)
+    def observe(self, outcome: str, seconds: float) -> None:
+        row = self.by_outcome.get(outcome)
         if row is None:
-            row = self.by_status[status] = [0.0] * (len(HTTP_BUCKETS) + 2)
+            row = self.by_outcome[outcome] = [0.0] * (len(HTTP_BUCKETS) + 2)
         row[0] += seconds
         row[1 + bisect.bisect_left(HTTP_BUCKETS, seconds)] += 1
+
+
+class RequestFamily(Collector):
+    """``<PREFIX>_<stem>_requests_total`` and ``..._request_duration_seconds``: requests by
+    ``labels`` and outcome, counted in ``LatencyCounts`` and read at scrape time."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        stem: str,
+        what: str,
+        labels: Sequence[str],
+        outcome: str,
+    ) -> None:
+        """``what``: the requests, for the help texts (``HTTP requests to the API``)."""
+        self._stem = f"{PREFIX}_{stem}"
+        self._what = what
+        self._labels = [*labels, outcome]
+        self._series: dict[tuple[str, ...], LatencyCounts] = {}
+        registry.register(self)
+
+    def counts(self, *labels: str) -> LatencyCounts:
+        """Where one series' answers are counted (resolve it once, observe it often)."""
+        counts = self._series.get(labels)
+        if counts is None:
+            counts = self._series[labels] = LatencyCounts()
+        return counts
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        by = ", ".join(self._labels)
+        requests = CounterMetricFamily(
+            f"{self._stem}_requests", f"{self._what}, by {by}.", labels=self._labels
+        )
+        duration = HistogramMetricFamily(
+            f"{self._stem}_request_duration_seconds",
+            f"Time to answer {self._what}, by {by}.",
+            labels=self._labels,
+        )
+        bounds = [*(str(float(bound)) for bound in HTTP_BUCKETS), "+Inf"]
+        for labels, counts in list(self._series.items()):
+            for outcome, row in list(counts.by_outcome.items()):
+                values = [*labels, outcome]
+                cumulative = list(itertools.accumulate(int(n) for n in row[1:]))
+                requests.add_metric(values, cumulative[-1])
+                duration.add_metric(values, list(zip(bounds, cumulative, strict=True)), row[0])
+        yield requests
+        yield duration
 
 
 @dataclass
@@ -172,15 +223,14 @@ class Metrics:
                 self.upstream_requests.labels(operation, outcome)
             # Latency pre-initialised for successes only: every outcome would be ~1000 series.
             self.upstream_duration.labels(operation, "success")
-        self._http: dict[tuple[str, str], HttpCounts] = {}
+        self.http = RequestFamily(
+            self.registry,
+            "http",
+            "HTTP requests to the app-facing API",
+            ("route", "method"),
+            "status",
+        )
         self.registry.register(_StateCollector(self))
-
-    def http_counts(self, route: str, method: str) -> HttpCounts:
-        """Where the API layer counts the answers of one route and method."""
-        counts = self._http.get((route, method))
-        if counts is None:
-            counts = self._http[route, method] = HttpCounts()
-        return counts
 
     def observe_upstream(self, operation: str, outcome: str, seconds: float) -> None:
         """One call attempt to Stigg (``StiggClient.observer``)."""
@@ -232,7 +282,6 @@ class _StateCollector(Collector):
         return []  # names are only known once collected; skip the registry's duplicate check
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._http()
         services = self._metrics.services()
         if services is not None:
             yield from self._entitlements(services)
@@ -240,28 +289,6 @@ class _StateCollector(Collector):
             yield from self._breaker(services)
         yield from self._realtime(services.realtime if services is not None else None)
         yield self._unexpected_answers()
-
-    def _http(self) -> Iterator[Metric]:
-        labels = ["route", "method", "status"]
-        requests = _counter(
-            "http_requests",
-            "HTTP requests to the app-facing API, by route template, method and status.",
-            labels,
-        )
-        duration = HistogramMetricFamily(
-            f"{PREFIX}_http_request_duration_seconds",
-            "Time to answer an API request, by route template, method and status.",
-            labels=labels,
-        )
-        bounds = [*(str(float(bound)) for bound in HTTP_BUCKETS), "+Inf"]
-        for (route, method), counts in list(self._metrics._http.items()):
-            for status, row in list(counts.by_status.items()):
-                values = [route, method, str(status)]
-                cumulative = list(itertools.accumulate(int(n) for n in row[1:]))
-                requests.add_metric(values, cumulative[-1])
-                duration.add_metric(values, list(zip(bounds, cumulative, strict=True)), row[0])
-        yield requests
-        yield duration
 
     def _unexpected_answers(self) -> Metric:
         family = _counter(

@@ -1,11 +1,15 @@
 """The app-facing API's one layer around every handler: the bearer token, errors as JSON, the
 per-route metrics, request ids and the access log.
 
-One middleware, because each one aiohttp chains costs a call and a coroutine per request, and
-the work in it is only what a warm check needs: a ``perf_counter`` pair, a dict lookup of the
-route's counts (made once per route) and one header lookup. A request id is made only when
-the client sent one (it is echoed) or the answer is an error, slow, or logged; nothing is put
-in context variables.
+Each handler is wrapped once, when its route is registered, instead of passing through
+middleware: aiohttp chains a middleware (and, once there is one, its own
+``_fix_request_current_app``) as a call and a coroutine per request, about a tenth of a
+warm check's CPU. What a wrapped handler does per request is only what a warm check needs:
+a ``perf_counter`` pair, the route's counts (resolved when it was wrapped) and one header
+lookup. A request id is made only when the client sent one (it is echoed) or the answer is an
+error, slow or logged; nothing is put in context variables. Requests no route matches never
+reach a handler: ``unmatched`` answers them, from the request's prepare hook
+(``api.http_errors``).
 """
 
 from __future__ import annotations
@@ -16,14 +20,13 @@ import logging
 import re
 import secrets
 import time
-from typing import Any
+from collections.abc import Iterable
 
 from aiohttp import web
-from aiohttp.web_urldispatcher import AbstractRoute
 
 from sidecar.api.errors import Handler, error_answer, error_response, route_of
 from sidecar.config import Secret
-from sidecar.metrics import HttpCounts, Metrics
+from sidecar.metrics import Metrics
 
 _access_log = logging.getLogger("sidecar.access")
 
@@ -31,8 +34,6 @@ REQUEST_ID_HEADER = "X-Request-Id"
 # A caller's id is kept if it is a short token; anything else (too long, spaces, quotes,
 # control characters) could forge log lines or bloat them, so a fresh id replaces it.
 _SANE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
-# Never logged: probes every few seconds and scrapes would drown the requests that matter.
-_QUIET_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
 # With accessLog "errors", successful requests slower than this are logged too.
 SLOW_SECONDS = 1.0
 # Request ids: a random per-process prefix and a counter, unique and nearly free to make.
@@ -43,54 +44,95 @@ _BEARER_EXEMPT = frozenset({"/webhooks/stigg"})
 # Methods counted under their own name on unmatched paths; any other is "other", so a client
 # cannot make up label values.
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_STATUS_TEXT = {status: str(status) for status in range(100, 600)}
 
 
-def api_layer(
-    metrics: Metrics, *, access_log: str, token: Secret | None, max_body_bytes: int
-) -> Any:
-    """The middleware; ``access_log`` is ``all``, ``errors`` or ``off``; ``token``, when set,
-    is required as ``Authorization: Bearer <token>``."""
-    log_all = access_log == "all"
-    log_errors = access_log == "errors"
-    expected = token.reveal().encode() if token is not None else None
-    counts_by_route: dict[AbstractRoute, HttpCounts] = {}
+class ApiLayer:
+    """Wraps the API's handlers; ``access_log`` is ``all``, ``errors`` or ``off``; ``token``,
+    when set, is required as ``Authorization: Bearer <token>``."""
 
-    def counts_of(request: web.Request) -> HttpCounts:
-        route = request.match_info.route
-        counts = counts_by_route.get(route)
-        if counts is not None:
-            return counts
-        if route.resource is None:  # no route matched: aiohttp makes a new one per request
-            method = request.method if request.method in _KNOWN_METHODS else "other"
-            return metrics.http_counts(route_of(request), method)
-        counts = counts_by_route[route] = metrics.http_counts(route_of(request), request.method)
-        return counts
+    def __init__(
+        self, metrics: Metrics, *, access_log: str, token: Secret | None, max_body_bytes: int
+    ) -> None:
+        self._metrics = metrics
+        self._log_all = access_log == "all"
+        self._log_errors = access_log == "errors"
+        self._expected = token.reveal().encode() if token is not None else None
+        self._max_body_bytes = max_body_bytes
 
-    @web.middleware
-    async def layer(request: web.Request, handler: Handler) -> web.StreamResponse:
-        started = time.perf_counter()
-        try:
-            if expected is not None and not _authorized(request, expected):
-                response: web.StreamResponse = _unauthorized()
-            else:
-                response = await handler(request)
-        except Exception as exc:  # noqa: BLE001 - error_answer re-raises what it does not answer
-            response = error_answer(request, exc, max_body_bytes)
-        seconds = time.perf_counter() - started
-        status = response.status
-        counts_of(request).observe(status, seconds)
+    def routes(self, defs: Iterable[web.RouteDef]) -> list[web.RouteDef]:
+        """``defs`` with their handlers wrapped."""
+        return [
+            web.RouteDef(d.method, d.path, self._wrap(d.handler, d.method, d.path), d.kwargs)
+            for d in defs
+        ]
+
+    def _wrap(self, handler: Handler, method: str, template: str) -> Handler:
+        counts = self._metrics.http.counts(template, method)
+        expected = self._expected
+        max_body_bytes = self._max_body_bytes
+
+        async def layered(request: web.Request) -> web.StreamResponse:
+            started = time.perf_counter()
+            try:
+                if expected is not None and not _authorized(request, expected):
+                    response: web.StreamResponse = _unauthorized()
+                else:
+                    response = await handler(request)
+            except Exception as exc:  # noqa: BLE001 - error_answer re-raises what it does not answer
+                response = error_answer(request, exc, max_body_bytes)
+            seconds = time.perf_counter() - started
+            status = response.status
+            if request.method == method:
+                counts.observe(_STATUS_TEXT[status], seconds)
+            else:  # HEAD on a GET route
+                self._metrics.http.counts(template, request.method).observe(str(status), seconds)
+            given = request.headers.get(REQUEST_ID_HEADER)
+            if given is None and status < 400 and seconds < SLOW_SECONDS and not self._log_all:
+                return response  # the hot path ends here
+            request_id = self._note(request, response.status, given, seconds)
+            if not response.prepared:
+                response.headers[REQUEST_ID_HEADER] = request_id
+            return response
+
+        return layered
+
+    def unmatched(self, request: web.Request, response: web.HTTPException) -> None:
+        """A request no route took (404, 405), answered by aiohttp with the HTTP exception:
+        made our JSON error in place, counted and noted like any other answer."""
+        answer = error_answer(request, response, self._max_body_bytes)
+        assert isinstance(answer.body, bytes)
+        response.body = answer.body
+        response.headers["Content-Type"] = "application/json"
+        response.headers["Content-Length"] = str(len(answer.body))
+        method = request.method if request.method in _KNOWN_METHODS else "other"
+        # No handler ran: counted as answered at once (aiohttp keeps the start time to itself).
+        self._metrics.http.counts(route_of(request), method).observe(str(response.status), 0.0)
+        # Headers are still written after this hook, though the answer counts as prepared.
         given = request.headers.get(REQUEST_ID_HEADER)
-        noted = status >= 400 or seconds >= SLOW_SECONDS
-        if given is None and not noted and not log_all:
-            return response  # the hot path ends here
-        request_id = given if given is not None and _SANE_ID.fullmatch(given) else _new_id()
-        if not response.prepared:
-            response.headers[REQUEST_ID_HEADER] = request_id
-        if (log_all or (log_errors and noted)) and request.path not in _QUIET_PATHS:
-            _log_access(request, request_id, status, seconds)
-        return response
+        response.headers[REQUEST_ID_HEADER] = self._note(request, response.status, given, 0.0)
 
-    return layer
+    def _note(self, request: web.Request, status: int, given: str | None, seconds: float) -> str:
+        """Off the hot path: the access log line when one is due; the request id."""
+        request_id = given if given is not None and _SANE_ID.fullmatch(given) else _new_id()
+        noted = status >= 400 or seconds >= SLOW_SECONDS
+        if self._log_all or (self._log_errors and noted):
+            _access_log.info(
+                "%s %s %d %.2f ms",
+                request.method,
+                request.path,
+                status,
+                seconds * 1000,
+                extra={
+                    "requestId": request_id,
+                    "route": route_of(request),
+                    "method": request.method,
+                    "path": request.path,
+                    "status": status,
+                    "durationMs": round(seconds * 1000, 3),
+                },
+            )
+        return request_id
 
 
 def _authorized(request: web.Request, expected: bytes) -> bool:
@@ -112,21 +154,3 @@ def _unauthorized() -> web.Response:
 
 def _new_id() -> str:
     return f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
-
-
-def _log_access(request: web.Request, request_id: str, status: int, seconds: float) -> None:
-    _access_log.info(
-        "%s %s %d %.2f ms",
-        request.method,
-        request.path,
-        status,
-        seconds * 1000,
-        extra={
-            "requestId": request_id,
-            "route": route_of(request),
-            "method": request.method,
-            "path": request.path,
-            "status": status,
-            "durationMs": round(seconds * 1000, 3),
-        },
-    )

@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.empty_pb2 import Empty
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter
 
 from sidecar.api.errors import describe_upstream_error
 from sidecar.api.grpc import convert
@@ -24,7 +24,7 @@ from sidecar.api.grpc import sidecar_v1_pb2 as pb
 from sidecar.config import Secret
 from sidecar.entitlements.model import CheckRequest
 from sidecar.fault_log import FaultLog
-from sidecar.metrics import HTTP_BUCKETS, PREFIX
+from sidecar.metrics import PREFIX, RequestFamily
 from sidecar.services import Services
 from sidecar.upstream.errors import UpstreamError
 from sidecar.usage.model import UsageReport
@@ -257,21 +257,9 @@ class GrpcMetrics:
     and status code, in the app's registry (next to the HTTP API's)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        labels = ["method", "code"]
-        self._requests = Counter(
-            f"{PREFIX}_grpc_requests",
-            "gRPC calls to SidecarService, by method and status code.",
-            labels,
-            registry=registry,
+        self._calls = RequestFamily(
+            registry, "grpc", "gRPC calls to SidecarService", ("method",), "code"
         )
-        self._duration = Histogram(
-            f"{PREFIX}_grpc_request_duration_seconds",
-            "Time to answer a gRPC call, by method and status code.",
-            labels,
-            buckets=HTTP_BUCKETS,
-            registry=registry,
-        )
-        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.unhandled_errors = Counter(
             f"{PREFIX}_grpc_unhandled_errors",
             "gRPC calls that failed with an error no status was planned for (a bug; see the "
@@ -281,13 +269,7 @@ class GrpcMetrics:
         )
 
     def observe(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
-        key = (method, code.name)
-        children = self._children.get(key)
-        if children is None:
-            children = (self._requests.labels(*key), self._duration.labels(*key))
-            self._children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        self._calls.counts(method).observe(code.name, seconds)
 
 
 def guarded(
