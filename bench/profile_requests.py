@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import shutil
 import subprocess
 import tempfile
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from bench._util import SIDECAR_PIDS, sidecar, wrk
+from bench._util import SIDECAR_PIDS, emulator, sidecar, wrk
 
 CHECK = "/v1/entitlements?customerId=customer-demo&featureId=feature-api-calls"
 USAGE = '{"customerId": "customer-demo", "featureId": "feature-api-calls", "value": 1}'
@@ -47,7 +48,10 @@ def main() -> None:
     if spy is None:
         raise SystemExit("py-spy is not installed: uv tool install py-spy")
     with (
-        sidecar(env={"SIDECAR_SERVER_EVENT_LOOP": args.loop}) as base,
+        # Usage is delivered in the background: to an emulator of its own, so its work on the
+        # deliveries is not counted as the sidecar's (with --local it shares the process).
+        emulator() if args.usage else contextlib.nullcontext() as stigg,
+        sidecar(stigg, env={"SIDECAR_SERVER_EVENT_LOOP": args.loop}) as base,
         tempfile.TemporaryDirectory() as temp,
     ):
         httpx.get(base + CHECK).raise_for_status()
