@@ -50,6 +50,8 @@ from sidecar.usage.spool import (
 log = logging.getLogger(__name__)
 
 GROUP = "flushers"
+# Append pipelines in flight at once: one keeps Redis idle while its replies are read.
+APPEND_PIPELINES = 4
 
 _APPEND = """
 local max_n = tonumber(ARGV[1])
@@ -239,9 +241,9 @@ class RedisSpool:
             [f"{{{legacy_prefix}}}:spool:{kind}" for kind in KINDS] if legacy_prefix else []
         )
         self._scripts: dict[str, Any] = {}
-        # Appends waiting for the next pipeline, and the task writing them.
+        # Appends waiting for the next pipeline, and the tasks writing pipelines.
         self._pending: list[tuple[list[str], list[Any], asyncio.Future[list[bool]]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._writers: set[asyncio.Task[None]] = set()
         self.persistence = PersistenceGuard(
             list(self._stream.values()),
             f"{tag}:spool-alive",
@@ -324,14 +326,17 @@ class RedisSpool:
             raise SpoolUnavailable("Redis keeps no append-only file (see usage.allowVolatileRedis)")
         future: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
         self._pending.append((keys, args, future))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.get_running_loop().create_task(self._write_pending())
+        if len(self._writers) < APPEND_PIPELINES:
+            writer = asyncio.get_running_loop().create_task(self._write_pending())
+            self._writers.add(writer)
+            writer.add_done_callback(self._writers.discard)
         return await future
 
     async def _write_pending(self) -> None:
         """Group commit: the appends of every request waiting now go to Redis as one pipeline
-        (one round trip); those arriving meanwhile go in the next one. Each request's script
-        still runs atomically on its own (all of its reports or none)."""
+        (one round trip); those arriving meanwhile go in the next one, on one of a few writers
+        so Redis is not idle while a pipeline's replies are read. Each request's script still
+        runs atomically on its own (all of its reports or none)."""
         group: list[tuple[list[str], list[Any], asyncio.Future[list[bool]]]] = []
         try:
             while self._pending:
