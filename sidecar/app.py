@@ -210,9 +210,10 @@ async def _run_in_background(name: str, coroutine: Any) -> AsyncIterator[None]:
 
 async def _replication_ctx(app: web.Application) -> AsyncIterator[None]:
     """Apply other replicas' changes to this replica's L1."""
-    run = app[REPLICATION].run(app[SERVICES].entitlements)
-    async for _ in _run_in_background("replication", run):
+    replication = app[REPLICATION]
+    async for _ in _run_in_background("replication", replication.run(app[SERVICES].entitlements)):
         yield
+    await replication.flush()  # the last invalidations and counts reach the other replicas
 
 
 async def _realtime_ctx(app: web.Application) -> AsyncIterator[None]:
