@@ -138,12 +138,17 @@ def wrk(
     connections: int = 16,
     cpu: int = 0,
     server_pid: int | None = None,
+    script: Path | None = None,
 ) -> dict[str, float]:
     """Closed-loop throughput over keep-alive connections: req/s, p50 and p99 in ms, and with
-    ``server_pid`` the server's CPU microseconds per request."""
+    ``server_pid`` the server's CPU microseconds per request; ``script``: a wrk Lua script
+    (a POST body, say)."""
     cpu_before = cpu_seconds(server_pid) if server_pid else 0.0
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    if script is not None:
+        command += ["-s", str(script)]
     out = subprocess.run(
-        pinned(cpu, ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]),
+        pinned(cpu, [*command, url]),
         capture_output=True,
         text=True,
         check=True,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -188,6 +189,10 @@ async def run(app: web.Application, settings: Settings, unix: socket.socket | No
             sites.append(web.SockSite(runner, unix, backlog=BACKLOG))
         for site in sites:
             await site.start()
+        # What start-up built (schemas, catalogs, the emulator) lives as long as the process:
+        # out of the collector's sight, a collection no longer walks it while requests wait.
+        gc.collect()
+        gc.freeze()
         logging.getLogger("sidecar").info(
             "stigg-sidecar %s listening on http://%s:%d%s",
             __version__,

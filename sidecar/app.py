@@ -18,11 +18,15 @@ from typing import Any
 from aiohttp import web
 
 from sidecar.api.edge import edge_routes
-from sidecar.api.errors import error_middleware
 from sidecar.api.graphql import graphql_passthrough
 from sidecar.api.graphql_ws import close_graphql_websockets, graphql_websocket, graphql_ws_ctx
 from sidecar.api.grpc.server import GrpcListener, start_grpc
-from sidecar.api.http_errors import answer_parse_errors_as_json, rate_limit_parse_error_logs
+from sidecar.api.http_errors import (
+    UNMATCHED,
+    answer_parse_errors_as_json,
+    rate_limit_parse_error_logs,
+)
+from sidecar.api.layer import ApiLayer
 from sidecar.api.management import (
     MANAGEMENT,
     METRICS,
@@ -32,7 +36,6 @@ from sidecar.api.management import (
     readiness,
     use_redis_for_readiness,
 )
-from sidecar.api.observe import bearer_middleware, observe_middleware
 from sidecar.api.openapi import openapi_document
 from sidecar.api.rest import routes
 from sidecar.api.usage import usage_routes
@@ -212,9 +215,10 @@ async def _run_in_background(name: str, coroutine: Any) -> AsyncIterator[None]:
 
 async def _replication_ctx(app: web.Application) -> AsyncIterator[None]:
     """Apply other replicas' changes to this replica's L1."""
-    run = app[REPLICATION].run(app[SERVICES].entitlements)
-    async for _ in _run_in_background("replication", run):
+    replication = app[REPLICATION]
+    async for _ in _run_in_background("replication", replication.run(app[SERVICES].entitlements)):
         yield
+    await replication.flush()  # the last invalidations and counts reach the other replicas
 
 
 async def _realtime_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -266,10 +270,13 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> web.A
     register_secrets(*settings.secrets())
     app = web.Application(client_max_size=settings.server.max_body_bytes)
     metrics = Metrics(lambda: app.get(SERVICES))
-    app.middlewares.append(observe_middleware(metrics, access_log=settings.logging.access_log))
-    if settings.auth_token is not None:
-        app.middlewares.append(bearer_middleware(settings.auth_token))
-    app.middlewares.append(error_middleware(settings.server.max_body_bytes))
+    layer = ApiLayer(
+        metrics,
+        access_log=settings.logging.access_log,
+        token=settings.auth_token,
+        max_body_bytes=settings.server.max_body_bytes,
+    )
+    app[UNMATCHED] = layer.unmatched
     answer_parse_errors_as_json(app)
     rate_limit_parse_error_logs()
     app[SETTINGS] = settings
@@ -302,13 +309,19 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> web.A
         from sidecar.api.mcp_server import setup_mcp
 
         setup_mcp(app, settings, lambda: app[SERVICES])
-    app.add_routes(routes())
-    app.add_routes(usage_routes())
-    app.add_routes(webhook_routes())
-    app.add_routes(edge_routes(app))
-    app.router.add_post("/graphql", graphql_passthrough)
-    app.router.add_get("/graphql", graphql_websocket, allow_head=False)
-    app.router.add_get("/openapi.json", _openapi, allow_head=False)
+    app.add_routes(
+        layer.routes(
+            [
+                *routes(),
+                *usage_routes(),
+                *webhook_routes(),
+                *edge_routes(app),
+                web.post("/graphql", graphql_passthrough),
+                web.get("/graphql", graphql_websocket, allow_head=False),
+                web.get("/openapi.json", _openapi, allow_head=False),
+            ]
+        )
+    )
     _unwind_on_failed_start(app)
     return app
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import traceback
 from collections.abc import Callable
 
 # Often enough that an operator sees a fault within a minute, rarely enough to bound the log.
@@ -47,3 +48,18 @@ class FaultLog:
             args = (*args, repeated, self._interval if last is None else now - last)
         self._logger.log(level, message, *args)
         return True
+
+    def unhandled(self, what: str, exc: BaseException) -> bool:
+        """A bug met while serving ``what``: its type, message and the line it came from,
+        once per interval per ``what`` and exception type (the 500 or INTERNAL answer says the
+        rest to the caller)."""
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+        return self.log(
+            f"{what}:{type(exc).__name__}",
+            logging.ERROR,
+            "unhandled error in %s: %r at %s",
+            what,
+            exc,
+            where,
+        )

@@ -1,4 +1,4 @@
-"""Logs: one JSON object per line, with the request's id and route, and secrets redacted.
+"""Logs: one JSON object per line, secrets redacted.
 
 Redaction is a choke point, applied twice: ``RedactingFilter`` rewrites every record a handler
 receives (message with its args, exception text, string extras), so other handlers sharing the
@@ -15,7 +15,6 @@ import logging
 import re
 import sys
 import threading
-from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,9 +22,6 @@ from urllib.parse import urlsplit
 import orjson
 
 from sidecar.config import Secret
-
-REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
-ROUTE: ContextVar[str | None] = ContextVar("route", default=None)
 
 MASK = "***"
 # A header name, its separator (quoted or not, JSON-escaped or not), an optional scheme, value.
@@ -116,7 +112,8 @@ class RedactingFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: timestamp, level, logger, message, request id, route, extras."""
+    """One JSON object per line: timestamp, level, logger, message and the extras (the access
+    log's request id and route among them)."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -127,10 +124,6 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        request_id = REQUEST_ID.get()
-        if request_id is not None:
-            entry["requestId"] = request_id
-            entry["route"] = ROUTE.get()
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value

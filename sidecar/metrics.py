@@ -10,12 +10,14 @@ happens. No label carries a customer, feature or raw path: cardinality stays bou
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
 import logging
 import platform
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
@@ -110,8 +112,79 @@ _USAGE_COUNTERS = (
     ("usage_upstream_calls", "Flush calls to Stigg, whatever their outcome.", "upstream_calls"),
     ("usage_batches_flushed", "Flush calls Stigg acknowledged.", "batches"),
 )
-UNMATCHED = "unmatched"
 SPOOL_DEPTH_TIMEOUT_SECONDS = 1.0
+
+
+class LatencyCounts:
+    """One series' answers by outcome (an HTTP status, a gRPC code): how many, and their
+    latency in buckets.
+
+    Plain numbers that the scrape reads: a Prometheus child's lock and its loop over the
+    buckets cost more than the rest of a cached check's own work.
+    """
+
+    __slots__ = ("by_outcome",)
+
+    def __init__(self) -> None:
+        # outcome -> [sum of seconds, then one count per bucket of HTTP_BUCKETS and +Inf]
+        self.by_outcome: dict[str, list[float]] = {}
+
+    def observe(self, outcome: str, seconds: float) -> None:
+        row = self.by_outcome.get(outcome)
+        if row is None:
+            row = self.by_outcome[outcome] = [0.0] * (len(HTTP_BUCKETS) + 2)
+        row[0] += seconds
+        row[1 + bisect.bisect_left(HTTP_BUCKETS, seconds)] += 1
+
+
+class RequestFamily(Collector):
+    """``<PREFIX>_<stem>_requests_total`` and ``..._request_duration_seconds``: requests by
+    ``labels`` and outcome, counted in ``LatencyCounts`` and read at scrape time."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        stem: str,
+        what: str,
+        labels: Sequence[str],
+        outcome: str,
+    ) -> None:
+        """``what``: the requests, for the help texts (``HTTP requests to the API``)."""
+        self._stem = f"{PREFIX}_{stem}"
+        self._what = what
+        self._labels = [*labels, outcome]
+        self._series: dict[tuple[str, ...], LatencyCounts] = {}
+        registry.register(self)
+
+    def counts(self, *labels: str) -> LatencyCounts:
+        """Where one series' answers are counted (resolve it once, observe it often)."""
+        counts = self._series.get(labels)
+        if counts is None:
+            counts = self._series[labels] = LatencyCounts()
+        return counts
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        by = ", ".join(self._labels)
+        requests = CounterMetricFamily(
+            f"{self._stem}_requests", f"{self._what}, by {by}.", labels=self._labels
+        )
+        duration = HistogramMetricFamily(
+            f"{self._stem}_request_duration_seconds",
+            f"Time to answer {self._what}, by {by}.",
+            labels=self._labels,
+        )
+        bounds = [*(str(float(bound)) for bound in HTTP_BUCKETS), "+Inf"]
+        for labels, counts in list(self._series.items()):
+            for outcome, row in list(counts.by_outcome.items()):
+                values = [*labels, outcome]
+                cumulative = list(itertools.accumulate(int(n) for n in row[1:]))
+                requests.add_metric(values, cumulative[-1])
+                duration.add_metric(values, list(zip(bounds, cumulative, strict=True)), row[0])
+        yield requests
+        yield duration
 
 
 @dataclass
@@ -130,19 +203,6 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.services = services
         self._scraped = _Scraped()
-        self.http_requests = Counter(
-            f"{PREFIX}_http_requests",
-            "HTTP requests to the app-facing API, by route template, method and status.",
-            ["route", "method", "status"],
-            registry=self.registry,
-        )
-        self.http_duration = Histogram(
-            f"{PREFIX}_http_request_duration_seconds",
-            "Time to answer an API request, by route template, method and status.",
-            ["route", "method", "status"],
-            buckets=HTTP_BUCKETS,
-            registry=self.registry,
-        )
         self.upstream_requests = Counter(
             f"{PREFIX}_upstream_requests",
             "Call attempts to Stigg by operation and outcome (circuit_open: not sent).",
@@ -168,24 +228,14 @@ class Metrics:
                 self.upstream_requests.labels(operation, outcome)
             # Latency pre-initialised for successes only: every outcome would be ~1000 series.
             self.upstream_duration.labels(operation, "success")
-        self._http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self.http = RequestFamily(
+            self.registry,
+            "http",
+            "HTTP requests to the app-facing API",
+            ("route", "method"),
+            "status",
+        )
         self.registry.register(_StateCollector(self))
-
-    # --- hot path ------------------------------------------------------------------------
-
-    def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
-        """One answered API request (called by the request middleware)."""
-        key = (route, method, status)
-        children = self._http_children.get(key)
-        if children is None:
-            label = str(status)
-            children = (
-                self.http_requests.labels(route, method, label),
-                self.http_duration.labels(route, method, label),
-            )
-            self._http_children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
 
     def observe_upstream(self, operation: str, outcome: str, seconds: float) -> None:
         """One call attempt to Stigg (``StiggClient.observer``)."""
@@ -292,8 +342,13 @@ class _StateCollector(Collector):
         entries = _gauge("cache_entries", "Entitlement states cached, by level.", ["level"])
         entries.add_metric(["l1"], len(entitlements.l1))
         yield entries
-        size = _gauge("cache_bytes", "Approximate bytes of cached state, by level.", ["level"])
+        size = _gauge(
+            "cache_bytes",
+            "Approximate bytes of cached state, by level (answers: rendered check answers).",
+            ["level"],
+        )
         size.add_metric(["l1"], entitlements.l1.bytes_used)
+        size.add_metric(["answers"], entitlements.answers_bytes)
         yield size
 
     def _breaker(self, services: Services) -> Iterator[Metric]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from sidecar.fault_log import FaultLog
 from sidecar.upstream.errors import (
     StiggError,
     UpstreamAuthError,
@@ -23,6 +23,7 @@ from sidecar.upstream.errors import (
 from sidecar.validation import ValidationError
 
 log = logging.getLogger(__name__)
+_faults = FaultLog(log)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -33,6 +34,17 @@ _STIGG_ERRORS = {
     "invalid": (422, "rejected_by_stigg"),
     "other": (502, "upstream_error"),
 }
+
+
+UNMATCHED = "unmatched"
+
+
+def route_of(request: web.Request) -> str:
+    """The route's template (``/v1/customers/{customerId}``), never the raw path."""
+    resource = request.match_info.route.resource
+    if resource is None:
+        return UNMATCHED
+    return resource.canonical
 
 
 class ApiError(Exception):
@@ -113,30 +125,31 @@ _HTTP_CODES = {
 
 
 def error_middleware(max_body_bytes: int) -> Any:
-    """The one place exceptions become responses: no HTML page, no stack trace, ever."""
+    """Exceptions become JSON error answers: no HTML page, no stack trace, ever (the
+    management port's; the API's own layer does this and more, see ``api.layer``)."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        return await _answer_errors(request, handler, max_body_bytes)
+        try:
+            return await handler(request)
+        except Exception as exc:  # noqa: BLE001 - error_answer re-raises what it does not answer
+            return error_answer(request, exc, max_body_bytes)
 
     return middleware
 
 
-async def _answer_errors(
-    request: web.Request, handler: Handler, max_body_bytes: int
-) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as exc:
+def error_answer(request: web.Request, exc: Exception, max_body_bytes: int) -> web.Response:
+    """The answer to a handler's exception; re-raises a non-error HTTP exception (a redirect)."""
+    if isinstance(exc, ApiError):
         return error_response(exc.status, exc.code, exc.message, **exc.extra)
-    except ValidationError as exc:
+    if isinstance(exc, ValidationError):
         return error_response(400, "invalid_request", str(exc), field=exc.field or None)
-    except UpstreamError as exc:
+    if isinstance(exc, UpstreamError):
         log.warning("stigg %s failed: %s (%s)", exc.operation, exc.code, exc.message)
         return upstream_error_response(exc)
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         code = _HTTP_CODES.get(exc.status, "http_error")
         message = exc.reason
         if exc.status == 404:
@@ -145,8 +158,5 @@ async def _answer_errors(
             message = f"request body is larger than {max_body_bytes} bytes"
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return error_response(exc.status, code, message, headers=headers)
-    except (asyncio.CancelledError, KeyboardInterrupt):
-        raise
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(500, "internal_error", "internal error; see the sidecar's log")
+    _faults.unhandled(f"{request.method} {route_of(request)}", exc)
+    return error_response(500, "internal_error", "internal error; see the sidecar's log")

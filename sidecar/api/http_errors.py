@@ -1,4 +1,5 @@
-"""Requests aiohttp cannot parse: our JSON error shape, and one log line per interval.
+"""Requests that reach no handler: those aiohttp cannot parse get our JSON error shape and one
+log line per interval; those no route matches go to the app's ``UNMATCHED`` hook.
 
 aiohttp answers a request it cannot parse (bad request line, line or header over 8,190 bytes,
 invalid characters, Content-Length with Transfer-Encoding, duplicate Content-Length) itself,
@@ -15,11 +16,13 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
 from aiohttp.web_protocol import ERROR
+from aiohttp.web_urldispatcher import MatchInfoError
 
 from sidecar.fault_log import FaultLog
 from sidecar.logs import redact
@@ -30,9 +33,19 @@ _MAX_DETAIL = 200
 _faults = FaultLog(log)
 
 
+# Told of the answers to requests that matched no route (a 404 or 405 aiohttp made), where an
+# app wants them answered its own way (``ApiLayer.unmatched``).
+UnmatchedHook = Callable[[web.Request, web.HTTPException], None]
+UNMATCHED: web.AppKey[UnmatchedHook] = web.AppKey("unmatched")
+
+
 class _JsonErrorRequest(web.Request):
     async def _prepare_hook(self, response: web.StreamResponse) -> None:
-        if self._message is ERROR and isinstance(response, web.Response):
+        if isinstance(self._match_info, MatchInfoError) and isinstance(response, web.HTTPException):
+            hook = self.app.get(UNMATCHED)
+            if hook is not None:
+                hook(self, response)
+        elif self._message is ERROR and isinstance(response, web.Response):
             detail = redact((response.text or "").strip()[:_MAX_DETAIL])
             body = orjson.dumps(
                 {"error": {"code": "bad_http_request", "message": detail or response.reason}}

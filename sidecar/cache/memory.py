@@ -42,6 +42,7 @@ class MemoryStore(Generic[V]):
         self._clock = clock
         # customerId -> resourceIds cached for it, so a customer can be dropped without a scan.
         self._resources: dict[str, set[str | None]] = {}
+        self.generation = 0
 
     def __len__(self) -> int:
         return len(self._lru)
@@ -51,11 +52,13 @@ class MemoryStore(Generic[V]):
         return self._lru.currsize
 
     def clear(self) -> None:
+        self.generation += 1
         self._lru.clear()
         self._resources.clear()
 
     def expire_all(self, now: float) -> None:
         """Make every entry due for a refresh, keeping it servable as stale until then."""
+        self.generation += 1
         for key, entry in self.items():
             if entry.fresh_until > now:
                 self._lru[key] = replace(entry, fresh_until=now)
@@ -80,6 +83,7 @@ class MemoryStore(Generic[V]):
         return entry
 
     def set_nowait(self, key: CacheKey, entry: CacheEntry[V]) -> None:
+        self.generation += 1
         try:
             self._lru[key] = entry
         except ValueError:  # one value larger than the whole budget: do not cache it
@@ -91,6 +95,7 @@ class MemoryStore(Generic[V]):
             self._forget_index(key)
 
     def _forget_index(self, key: CacheKey) -> None:
+        self.generation += 1  # every way out of the cache (delete, eviction) passes here
         resources = self._resources.get(key[0])
         if resources is not None:
             resources.discard(key[1])

@@ -191,17 +191,35 @@ class Replication:
         self._reconnect_max = reconnect_max
         self._unknown_versions: set[Any] = set()
         self.connected = asyncio.Event()
+        self._outbox: list[Event] = []
+        self._sender: asyncio.Task[None] | None = None
 
     async def publish(self, event: Event) -> None:
-        """Tell the other replicas; a Redis fault is counted and logged, never raised."""
-        message = orjson.dumps({**encode(event), "origin": self.origin})
-        try:
-            if self._sharded:
-                await self._redis.spublish(self.channel, message)
-            else:
-                await self._redis.publish(self.channel, message)
-        except REDIS_FAULTS as exc:
-            self._faults("publish", exc)
+        """Tell the other replicas, without waiting for Redis: events published while a send
+        is under way go in the next one, a run of usage counts as one event (one message per
+        burst of reports, not one per request). A Redis fault is counted and logged, never
+        raised; pub/sub is lossy anyway, and a replica that missed events resyncs."""
+        self._outbox.append(event)
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.get_running_loop().create_task(self._send())
+
+    async def flush(self) -> None:
+        """Wait until what was published so far has been sent (or failed to)."""
+        while self._sender is not None and not self._sender.done():
+            await asyncio.shield(self._sender)
+
+    async def _send(self) -> None:
+        while self._outbox:
+            events, self._outbox = _merged(self._outbox), []
+            for event in events:
+                message = orjson.dumps({**encode(event), "origin": self.origin})
+                try:
+                    if self._sharded:
+                        await self._redis.spublish(self.channel, message)
+                    else:
+                        await self._redis.publish(self.channel, message)
+                except REDIS_FAULTS as exc:
+                    self._faults("publish", exc)
 
     async def run(self, sink: ReplicaSink) -> None:
         """Apply other replicas' events to ``sink`` until cancelled; survives Redis restarts.
@@ -274,6 +292,18 @@ class Replication:
             )
             return
         await apply(event, sink)
+
+
+def _merged(events: list[Event]) -> list[Event]:
+    """``events`` in order, each run of consecutive ``UsageCounted`` as one."""
+    merged: list[Event] = []
+    for event in events:
+        last = merged[-1] if merged else None
+        if isinstance(event, UsageCounted) and isinstance(last, UsageCounted):
+            merged[-1] = UsageCounted(last.changes + event.changes)
+        else:
+            merged.append(event)
+    return merged
 
 
 def _hashable(value: Any) -> Any:

@@ -85,6 +85,13 @@ class LocalStore(CacheStore[V], Protocol[V]):
         ...
 
     @property
+    def generation(self) -> int:
+        """Changes whenever any entry is stored, replaced, dropped, evicted or expired: an
+        answer rendered from this store's entries at one generation is still theirs while the
+        generation is the same."""
+        ...
+
+    @property
     def bytes_used(self) -> float:
         """Approximate bytes held."""
         ...

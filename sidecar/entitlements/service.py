@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections import deque
+from collections.abc import Callable, Coroutine, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from cachetools import LRUCache
 
 from sidecar.cache.replication import Invalidate, Replication, UsageConfirmed, UsageCounted
 from sidecar.cache.store import CacheEntry, CacheKey, LocalStore
@@ -38,6 +39,11 @@ log = logging.getLogger(__name__)
 
 # Rendered answers kept for the hottest checks (about 0.5 KiB each: ~10 MiB at most).
 RENDERED_ANSWERS = 20_000
+# A check answered from a rendered answer refreshes its entry's place in L1's LRU at most
+# this often.
+LRU_TOUCH_SECONDS = 1.0
+# Per rendered answer beyond its bytes: the record, its token and the dict slot.
+RENDERED_OVERHEAD_BYTES = 300
 
 
 # hit: answered from the cache (L1 or L2) without waiting; miss: waited for Stigg;
@@ -88,17 +94,15 @@ class EntitlementService:
         self._l1 = store.l1
         self._replication = replication
         self._clock = clock
-        self._inflight: dict[CacheKey, asyncio.Task[EntitlementsState]] = {}
+        self._inflight: dict[CacheKey, _Flight] = {}
         # Bumped when a customer changes while a fetch for it is in flight, so that fetch
         # (which may carry the state from before the change) is not stored. Only customers
         # with fetches in flight have an entry.
         self._generation: dict[str, int] = {}
         self._background: set[asyncio.Task[Any]] = set()
-        # (customer, resource, feature, renderer) -> (the entry it was rendered from, its
-        # rendering, hasAccess).
-        self._rendered: LRUCache[tuple[Any, ...], tuple[Any, bytes, bool]] = LRUCache(
-            maxsize=RENDERED_ANSWERS
-        )
+        # Rendered answers to plain checks on fresh state, by token (``check_rendered``).
+        self._answers: dict[Hashable, _Rendered] = {}
+        self.answers_bytes = 0
         # Set when a fetch misses a check's deadline, cleared by the next successful fetch.
         self._upstream_slow = False
         self.stats = CheckStats()
@@ -125,32 +129,72 @@ class EntitlementService:
             return self._count(evaluate(stale, request, now, "stale"), "stale")
         return self._count(self._fallback(request, request_fallback, source), "fallback")
 
-    async def check_json(self, request: CheckRequest) -> bytes:
-        """``check`` as JSON: the hot path of the REST API."""
-        return await self.check_rendered(request, orjson.dumps)
+    async def check_json(self, request: CheckRequest, token: Hashable | None = None) -> bytes:
+        """``check`` as JSON: the hot path of the REST API (``token``: see ``check_rendered``)."""
+        return await self.check_rendered(request, orjson.dumps, token)
+
+    def answer_cached(self, token: Hashable) -> bytes | None:
+        """The bytes rendered for ``token`` by ``check_rendered``, if L1 has not changed since
+        and the state they came from is still fresh; else None (then ask ``check_rendered``).
+
+        The hot path of a warm check: one dict lookup, two comparisons, no parsing.
+        """
+        known = self._answers.get(token)
+        if known is None or known.generation != self._l1.generation:
+            return None
+        now = self._clock()
+        entry = known.entry
+        if not entry.is_fresh(now):
+            return None
+        if now - known.touched_at > LRU_TOUCH_SECONDS:
+            # Keep the entry's place in L1's LRU: it is in use, though not read through L1.
+            known.touched_at = now
+            self._l1.get_nowait(known.key)
+        self._hit(known.key, entry, now)
+        self._tally(known.has_access, "hit")
+        return known.body
 
     async def check_rendered(
-        self, request: CheckRequest, render: Callable[[dict[str, Any]], bytes]
+        self,
+        request: CheckRequest,
+        render: Callable[[dict[str, Any]], bytes],
+        token: Hashable | None = None,
     ) -> bytes:
         """``render(check(request))``; a plain check (no requested usage or values) on fresh
-        cached state reuses the bytes ``render`` made of the same state (REST's JSON, gRPC's
-        protobuf messages)."""
+        cached state keeps the bytes under ``token`` (default: the check and ``render``) for
+        ``answer_cached``. REST passes the raw query string: a repeated query then skips its
+        parsing too. ``token`` must stand for exactly this ``request`` and ``render``."""
+        if request.requested_usage is not None or request.requested_values is not None:
+            return render(await self.check(request))
+        if token is None:
+            token = (request.customer_id, request.resource_id, request.feature_id, render)
+            body = self.answer_cached(token)
+            if body is not None:
+                return body
         key = (request.customer_id, request.resource_id)
-        if request.requested_usage is None and request.requested_values is None:
-            now = self._clock()
-            entry = self._l1.get_nowait(key)
-            if entry is not None and entry.is_fresh(now):
-                self._hit(key, entry, now)
-                render_key = (*key, request.feature_id, render)
-                rendered = self._rendered.get(render_key)
-                # Any change to the customer's state makes a new entry: identity is validity.
-                if rendered is None or rendered[0] is not entry:
-                    answer = evaluate(entry.value, request, now)
-                    rendered = (entry, render(answer), answer["hasAccess"])
-                    self._rendered[render_key] = rendered
-                self._tally(rendered[2], "hit")
-                return rendered[1]
-        return render(await self.check(request))
+        now = self._clock()
+        entry = self._l1.get_nowait(key)
+        if entry is None or not entry.is_fresh(now):
+            return render(await self.check(request))
+        self._hit(key, entry, now)
+        answer = evaluate(entry.value, request, now)
+        body = render(answer)
+        self._tally(answer["hasAccess"], "hit")
+        self._remember(token, _Rendered(self._l1.generation, entry, key, body, answer, now))
+        return body
+
+    def _remember(self, token: Hashable, rendered: _Rendered) -> None:
+        answers = self._answers
+        if token not in answers and len(answers) >= RENDERED_ANSWERS:
+            # Oldest first (dicts keep insertion order): cheaper than an LRU on every hit.
+            oldest = next(iter(answers))
+            self.answers_bytes -= answers.pop(oldest).size
+        else:
+            previous = answers.get(token)
+            if previous is not None:
+                self.answers_bytes -= previous.size
+        answers[token] = rendered
+        self.answers_bytes += rendered.size
 
     def peek(self, request: CheckRequest) -> dict[str, Any] | None:
         """The answer from this replica's memory alone, None when nothing is cached: for
@@ -198,7 +242,7 @@ class EntitlementService:
     async def reload(self, customer_id: str, resource_id: str | None) -> dict[str, Any]:
         """Fetch the customer's state from Stigg now (errors propagate: the caller asked)."""
         await self.invalidate(customer_id, refresh=False)
-        state = await self._fetch((customer_id, resource_id))
+        state = await self._fetch((customer_id, resource_id)).task
         return _listing(state, resource_id, self._clock(), "upstream")
 
     def _count(self, answer: dict[str, Any], result: str) -> dict[str, Any]:
@@ -227,13 +271,13 @@ class EntitlementService:
                 self.stats.l2_hits += 1
                 return entry.value, "cache", None
         stale = entry.value if entry is not None and _servable_when_stale(entry) else None
-        fetch = self._fetch(key)
+        flight = self._fetch(key)
         if stale is not None and self._upstream_slow:
             # Stigg just missed a deadline: answer stale now rather than wait for it again;
             # the fetch goes on in the background and the first success ends this mode.
             return None, "upstream", stale
         try:
-            state = await _wait(fetch, self._settings.check_deadline_seconds)
+            state = await flight.wait(self._settings.check_deadline_seconds)
         except TimeoutError:
             self._upstream_slow = True
             return None, UpstreamTimeout.code, stale  # the fetch goes on and fills the cache
@@ -273,20 +317,21 @@ class EntitlementService:
 
     # --- fetching ------------------------------------------------------------------------
 
-    def _fetch(self, key: CacheKey) -> asyncio.Task[EntitlementsState]:
+    def _fetch(self, key: CacheKey) -> _Flight:
         """The one in-flight fetch for ``key`` (single-flight: concurrent misses share it)."""
-        task = self._inflight.get(key)
-        if task is None:
-            task = asyncio.create_task(self._load(key))
-            self._inflight[key] = task
-            task.add_done_callback(lambda done: self._fetched(key, done))
-        return task
+        flight = self._inflight.get(key)
+        if flight is None:
+            flight = _Flight(_start(self._load(key)))
+            self._inflight[key] = flight
+            flight.task.add_done_callback(lambda done: self._fetched(key, flight))
+        return flight
 
-    def _fetched(self, key: CacheKey, task: asyncio.Task[EntitlementsState]) -> None:
-        if self._inflight.get(key) is task:
+    def _fetched(self, key: CacheKey, flight: _Flight) -> None:
+        if self._inflight.get(key) is flight:
             del self._inflight[key]
         if not any(k[0] == key[0] for k in self._inflight):
             self._generation.pop(key[0], None)
+        task = flight.task
         if not task.cancelled() and task.exception() is not None:
             self.stats.fetch_failures += 1
 
@@ -366,7 +411,7 @@ class EntitlementService:
 
     async def _quiet_refresh(self, key: CacheKey) -> None:
         try:
-            await self._fetch(key)
+            await self._fetch(key).task
         except UpstreamError as exc:
             log.info("refresh of %s after invalidation failed: %s", key[0], exc.code)
 
@@ -461,42 +506,106 @@ class EntitlementService:
 
     async def aclose(self) -> None:
         """Cancel background fetches (shutdown)."""
-        tasks = [*self._background, *self._inflight.values()]
+        tasks = [*self._background, *(flight.task for flight in self._inflight.values())]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _wait(fetch: asyncio.Task[EntitlementsState], seconds: float) -> EntitlementsState:
-    """``fetch``'s result within ``seconds``, leaving it running on timeout or cancellation.
+def _start(fetch: Coroutine[Any, Any, EntitlementsState]) -> asyncio.Task[EntitlementsState]:
+    """A task for ``fetch``; from Python 3.12 started at once (eagerly), so in a stampede the
+    request to Stigg leaves before the other checks have even been parked."""
+    if sys.version_info >= (3, 12):
+        return asyncio.Task(fetch, eager_start=True)
+    return asyncio.ensure_future(fetch)
 
-    ``wait_for(shield(fetch))`` does the same with two more futures per waiter; a stampede has
-    a thousand waiters on one fetch, and this halves their cost (bench/stampede.py).
+
+class _Flight:
+    """One fetch and the checks waiting for it, each with its own deadline.
+
+    A thousand checks on one cold customer park on plain futures in one queue, with one timer
+    for the earliest deadline; the fetch's end answers them all in one pass. (Per check, a
+    callback on the task and a timer of its own cost a thousand removals from the task's
+    callback list and a thousand timers.)
     """
-    loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[EntitlementsState] = loop.create_future()
 
-    def relay(done: asyncio.Task[EntitlementsState]) -> None:
-        if waiter.done():
-            return
-        if done.cancelled():
-            waiter.set_exception(TimeoutError())
-        elif (error := done.exception()) is not None:
-            waiter.set_exception(error)
-        else:
-            waiter.set_result(done.result())
+    __slots__ = ("_timer", "_waiters", "task")
 
-    def expire() -> None:
-        if not waiter.done():
-            waiter.set_exception(TimeoutError())
+    def __init__(self, task: asyncio.Task[EntitlementsState]) -> None:
+        self.task = task
+        # (deadline, future) in the order the checks came; deadlines are too, as every check
+        # waits the same check_deadline_seconds.
+        self._waiters: deque[tuple[float, asyncio.Future[EntitlementsState]]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+        task.add_done_callback(self._finished)
 
-    fetch.add_done_callback(relay)
-    timer = loop.call_later(seconds, expire)
-    try:
-        return await waiter
-    finally:
-        timer.cancel()
-        fetch.remove_done_callback(relay)
+    def wait(self, seconds: float) -> asyncio.Future[EntitlementsState]:
+        """The fetch's result within ``seconds`` (else ``TimeoutError``); the fetch itself goes
+        on after a timeout or a cancelled check."""
+        loop = self.task.get_loop()
+        waiter: asyncio.Future[EntitlementsState] = loop.create_future()
+        if self.task.done():
+            _settle(waiter, self.task)
+            return waiter
+        deadline = loop.time() + seconds
+        self._waiters.append((deadline, waiter))
+        if self._timer is None:
+            self._timer = loop.call_at(deadline, self._expire)
+        return waiter
+
+    def _expire(self) -> None:
+        self._timer = None
+        now = self.task.get_loop().time()
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= now:
+            _, waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(TimeoutError())
+        if waiters:
+            self._timer = self.task.get_loop().call_at(waiters[0][0], self._expire)
+
+    def _finished(self, task: asyncio.Task[EntitlementsState]) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        waiters, self._waiters = self._waiters, deque()
+        for _, waiter in waiters:
+            if not waiter.done():
+                _settle(waiter, task)
+
+
+def _settle(
+    waiter: asyncio.Future[EntitlementsState], task: asyncio.Task[EntitlementsState]
+) -> None:
+    if task.cancelled():
+        waiter.set_exception(TimeoutError())
+    elif (error := task.exception()) is not None:
+        waiter.set_exception(error)
+    else:
+        waiter.set_result(task.result())
+
+
+class _Rendered:
+    """One rendered answer and what it was rendered from."""
+
+    __slots__ = ("body", "entry", "generation", "has_access", "key", "size", "touched_at")
+
+    def __init__(
+        self,
+        generation: int,
+        entry: CacheEntry[EntitlementsState],
+        key: CacheKey,
+        body: bytes,
+        answer: Mapping[str, Any],
+        now: float,
+    ) -> None:
+        self.generation = generation
+        self.entry = entry
+        self.key = key
+        self.body = body
+        self.has_access: bool = answer["hasAccess"]
+        self.touched_at = now
+        self.size = len(body) + RENDERED_OVERHEAD_BYTES
 
 
 def _servable_when_stale(entry: CacheEntry[EntitlementsState]) -> bool:

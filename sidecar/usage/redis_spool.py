@@ -2,8 +2,9 @@
 by every replica, so reports outlive the pod that accepted them.
 
 - **Accept**: one Lua script per request checks the bounds, claims client keys
-  (``SET key 1 NX EX window`` semantics) and ``XADD``s every new report, atomically; the API
-  answers 202 only after Redis replied. How durable that reply is depends on Redis's
+  (``SET key 1 NX EX window`` semantics) and ``XADD``s every new report, atomically; the
+  scripts of concurrent requests go in one pipeline (group commit: one round trip for all);
+  the API answers 202 only after Redis replied. How durable that reply is depends on Redis's
   persistence, which is the operator's choice: with ``appendonly yes`` and
   ``appendfsync always`` an acknowledged report survives a Redis crash; with the common
   ``everysec`` up to a second of acknowledged reports can be lost if Redis itself dies.
@@ -23,6 +24,7 @@ by every replica, so reports outlive the pod that accepted them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -30,13 +32,11 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
 
-from sidecar.cache.tiered import REDIS_FAULTS
 from sidecar.config import StartupError
 from sidecar.redis_connect import RedisClient
 from sidecar.usage.model import KINDS, Kind
@@ -55,6 +55,8 @@ from sidecar.usage.spool import (
 log = logging.getLogger(__name__)
 
 GROUP = "flushers"
+# Append pipelines in flight at once: one keeps Redis idle while its replies are read.
+APPEND_PIPELINES = 4
 
 _APPEND = """
 local max_n = tonumber(ARGV[1])
@@ -188,15 +190,6 @@ return 0
 """
 
 
-@dataclass(frozen=True, slots=True)
-class ScriptCall:
-    """One call of one of the spool's scripts."""
-
-    script: str
-    keys: list[str]
-    args: list[Any]
-
-
 def _stream_id_key(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
@@ -260,6 +253,9 @@ class RedisSpool:
         self._min_replicas_ack = min_replicas_ack
         self._ack_timeout_ms = max(1, round(replica_ack_timeout * 1000))
         self._alive_key = f"{tag}:spool-alive"
+        # Appends waiting for the next pipeline, and the tasks writing pipelines.
+        self._pending: list[tuple[list[str], list[Any], asyncio.Future[list[bool]]]] = []
+        self._writers: set[asyncio.Task[None]] = set()
         self.persistence = PersistenceGuard(
             list(self._stream.values()),
             self._alive_key,
@@ -346,39 +342,92 @@ class RedisSpool:
             args.extend((report.body, index))
         if self.persistence.refusing:
             raise SpoolUnavailable("Redis keeps no append-only file (see usage.allowVolatileRedis)")
-        try:
-            [result], confirmed = await self._replicated([ScriptCall("append", keys, args)])
-        except REDIS_FAULTS as exc:
-            raise SpoolUnavailable(f"Redis: {type(exc).__name__}: {exc}") from None
-        if result == -1:
-            raise SpoolFull
-        stored = [bool(flag) for flag in result]
-        if confirmed < self._min_replicas_ack:
-            raise NotReplicated(stored, confirmed, self._min_replicas_ack)
-        return stored
+        future: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
+        self._pending.append((keys, args, future))
+        if len(self._writers) < APPEND_PIPELINES:
+            writer = asyncio.get_running_loop().create_task(self._write_pending())
+            self._writers.add(writer)
+            writer.add_done_callback(self._writers.discard)
+        return await future
 
-    async def _replicated(self, calls: Sequence[ScriptCall]) -> tuple[list[Any], int]:
-        """Run ``calls`` and, with ``min_replicas_ack``, ``WAIT`` for that many replicas: the
-        script replies, and how many replicas confirmed (0 when none were asked for).
+    async def _write_pending(self) -> None:
+        """Group commit: the appends of every request waiting now go to Redis as one pipeline
+        (one round trip); those arriving meanwhile go in the next one, on one of a few writers
+        so Redis is not idle while a pipeline's replies are read. Each request's script still
+        runs atomically on its own (all of its reports or none)."""
+        group: list[tuple[list[str], list[Any], asyncio.Future[list[bool]]]] = []
+        try:
+            while self._pending:
+                group, self._pending = self._pending, []
+                try:
+                    results, confirmed = await self._append_pipelined([(k, a) for k, a, _ in group])
+                except Exception as exc:  # noqa: BLE001 - each waiting request gets it as its answer
+                    error = SpoolUnavailable(f"Redis: {type(exc).__name__}: {exc}")
+                    results, confirmed = [error] * len(group), 0
+                for (*_, future), result in zip(group, results, strict=True):
+                    if not future.done():
+                        self._settle_append(future, result, confirmed)
+        finally:
+            for *_, future in group:  # only when cancelled mid-write (shutdown)
+                if not future.done():
+                    future.set_exception(SpoolUnavailable("the spool is closing"))
+
+    async def _append_pipelined(
+        self, calls: Sequence[tuple[list[str], list[Any]]]
+    ) -> tuple[list[Any], int]:
+        """Run the append script once per call in one pipeline: each call's reply, or the
+        error it met; and how many replicas confirmed the writes (with ``min_replicas_ack``;
+        0 when none were asked for). A Redis that lost its scripts (restart, failover) gets
+        them again and the calls it refused are run again: refused, they did nothing.
 
         One non-transactional pipeline holds one connection, so ``WAIT`` (which waits for the
-        replication offset of its own connection's last write) covers these calls, in one
-        round trip; a batch of appends is more calls in the same pipeline. A write of our own
-        goes last: a retry whose reports are all duplicates writes nothing, and must still
-        wait until the replicas hold the first attempt's write (the stream is ordered, so an
-        offset past it covers it)."""
-        if self._min_replicas_ack == 0:
-            return [await self._call(call, self.redis) for call in calls], 0
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for call in calls:
-                await self._call(call, pipe)
-            pipe.set(self._alive_key, "1")
-            pipe.execute_command("WAIT", self._min_replicas_ack, self._ack_timeout_ms)
-            replies = await pipe.execute()
-        return replies[:-2], int(replies[-1])
+        replication offset of its own connection's last write) covers these calls, in the same
+        round trip. A write of our own goes last: a retry whose reports are all duplicates
+        writes nothing, and must still wait until the replicas hold the first attempt's write
+        (the stream is ordered, so an offset past it covers it)."""
+        script = self._scripts["append"]
+        results: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        confirmed = 0
+        for attempt in range(2):
+            pipe = self.redis.pipeline(transaction=False)
+            for index in todo:
+                keys, args = calls[index]
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            if self._min_replicas_ack:
+                pipe.set(self._alive_key, "1")
+                pipe.execute_command("WAIT", self._min_replicas_ack, self._ack_timeout_ms)
+            replies = await pipe.execute(raise_on_error=False)
+            if self._min_replicas_ack:
+                waited = replies[-1]
+                confirmed = waited if isinstance(waited, int) else 0
+                replies = replies[:-2]
+            refused = []
+            for index, reply in zip(todo, replies, strict=True):
+                if isinstance(reply, NoScriptError) and attempt == 0:
+                    refused.append(index)
+                results[index] = reply
+            if not refused:
+                break
+            await self.redis.script_load(_APPEND)
+            todo = refused
+        return results, confirmed
 
-    def _call(self, call: ScriptCall, client: Any) -> Any:
-        return self._scripts[call.script](keys=call.keys, args=call.args, client=client)
+    def _settle_append(
+        self, future: asyncio.Future[list[bool]], result: Any, confirmed: int
+    ) -> None:
+        """Answer one waiting append with its script's reply."""
+        if isinstance(result, SpoolUnavailable):
+            future.set_exception(result)
+        elif isinstance(result, Exception):
+            future.set_exception(SpoolUnavailable(f"Redis: {type(result).__name__}: {result}"))
+        elif result == -1:
+            future.set_exception(SpoolFull())
+        elif confirmed < self._min_replicas_ack:
+            stored = [bool(flag) for flag in result]
+            future.set_exception(NotReplicated(stored, confirmed, self._min_replicas_ack))
+        else:
+            future.set_result([bool(flag) for flag in result])
 
     # --- the flush lease ----------------------------------------------------------------------
 

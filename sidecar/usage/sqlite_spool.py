@@ -266,6 +266,7 @@ class SqliteSpool:
         count = sum(self._count.values())
         added_count = dict.fromkeys(KINDS, 0)
         added_bytes = 0
+        rows: list[tuple[str, bytes, float]] = []
         with _transaction(db):
             for kind, reports, now, _ in group:
                 size = sum(len(report.body) for report in reports)
@@ -282,15 +283,13 @@ class SqliteSpool:
                     ):
                         stored.append(False)
                         continue
-                    db.execute(
-                        "INSERT INTO reports (kind, body, accepted_at) VALUES (?, ?, ?)",
-                        (kind, report.body, now),
-                    )
+                    rows.append((kind, report.body, now))
                     stored.append(True)
                     count += 1
                     added_count[kind] += 1
                     added_bytes += len(report.body)
                 results.append(stored)
+            _insert_reports(db, rows)
         for kind, added in added_count.items():
             self._count[kind] += added
         self._bytes += added_bytes
@@ -521,6 +520,22 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
         if db.in_transaction:  # SQLite rolls back by itself on some errors, e.g. a full disk
             db.execute("ROLLBACK")
         raise
+
+
+# Rows per INSERT statement: 3 parameters each, well under SQLite's 32,766 per statement.
+INSERT_ROWS = 500
+
+
+def _insert_reports(db: sqlite3.Connection, rows: Sequence[tuple[str, bytes, float]]) -> None:
+    """``rows`` in order, in as few statements as the parameter limit allows: each statement
+    is a round of the GIL with the event loop's thread, which this writer thread waits for."""
+    for start in range(0, len(rows), INSERT_ROWS):
+        chunk = rows[start : start + INSERT_ROWS]
+        values = ",".join(["(?, ?, ?)"] * len(chunk))
+        db.execute(
+            f"INSERT INTO reports (kind, body, accepted_at) VALUES {values}",  # noqa: S608 - only placeholders
+            [value for row in chunk for value in row],
+        )
 
 
 def _insert_batch(db: sqlite3.Connection, batch: Batch) -> None:

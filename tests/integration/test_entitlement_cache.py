@@ -125,6 +125,37 @@ async def test_rest_mutations_invalidate_the_customer(
     assert (await check(sidecar, path))["hasAccess"] is True
 
 
+async def test_a_repeated_query_answers_the_new_state_after_a_change(
+    sidecar: Client, emulator: EmulatorServer
+) -> None:
+    """A query answered from its kept bytes (the hot path) never outlives a change: the same
+    query string right after a report or a plan change answers the new state."""
+    calls = "/v1/entitlements?customerId=customer-free&featureId=feature-api-calls"
+    sso = "/v1/entitlements?customerId=customer-free&featureId=feature-sso"
+    await hold_deliveries(emulator)
+    try:
+        await check(sidecar, calls)
+        kept = await check(sidecar, calls)  # from the cache: its bytes are kept
+        assert kept == await check(sidecar, calls)
+        assert kept["currentUsage"] == 999
+        response = await sidecar.post(
+            "/v1/usage",
+            json={"customerId": "customer-free", "featureId": "feature-api-calls", "value": 1},
+        )
+        assert response.status == 202
+        after = await check(sidecar, calls)
+        assert (after["hasAccess"], after["currentUsage"]) == (False, 1000)
+    finally:
+        await release_deliveries(emulator)
+    for _ in range(3):
+        assert (await check(sidecar, sso))["hasAccess"] is False
+    response = await sidecar.post(
+        "/v1/subscriptions", json={"customerId": "customer-free", "planId": "plan-pro"}
+    )
+    assert response.status == 201
+    assert (await check(sidecar, sso))["hasAccess"] is True
+
+
 async def test_graphql_mutation_through_the_sidecar_invalidates(
     emulator: EmulatorServer,
 ) -> None:

@@ -116,6 +116,7 @@ async def test_livez_readyz_metrics_on_the_management_port(sidecar: Client) -> N
     )
     assert value(parsed, "stigg_sidecar_cache_entries", level="l1") >= 1
     assert value(parsed, "stigg_sidecar_cache_bytes", level="l1") > 0
+    assert value(parsed, "stigg_sidecar_cache_bytes", level="answers") > 0  # a repeated check
     assert value(parsed, "stigg_sidecar_circuit_breaker_state") == 0
     assert value(parsed, "stigg_sidecar_usage_spool_depth", kind="usage") == 0
     assert value(parsed, "stigg_sidecar_usage_spool_oldest_age_seconds", kind="event") == 0

@@ -402,6 +402,47 @@ async def test_rendered_answers_follow_every_change(
     assert (svc.stats.granted, svc.stats.denied) == (granted + 1, denied)
 
 
+async def test_a_cached_query_never_answers_changed_or_expired_state(
+    upstream: FakeUpstream, clock: FakeClock
+) -> None:
+    """The raw-query fast path (``answer_cached``): any change to L1 or the end of freshness
+    sends the query back through a real check, which answers the new state."""
+    svc = service(upstream, clock)
+    query = "customerId=c1&featureId=calls"
+
+    async def ask() -> dict[str, Any]:
+        body = svc.answer_cached(query)
+        if body is None:
+            body = await svc.check_json(CALLS, query)
+        return orjson.loads(body)  # type: ignore[no-any-return]
+
+    assert (await ask())["source"] == "upstream"
+    assert svc.answer_cached(query) is None  # not answered from cache yet: nothing kept
+    assert (await ask())["currentUsage"] == 3
+    kept = svc.answer_cached(query)
+    assert kept is not None
+    assert orjson.loads(kept)["currentUsage"] == 3
+    await svc.apply_usage([report(2)])  # an accepted report
+    assert svc.answer_cached(query) is None
+    assert (await ask())["currentUsage"] == 5
+    await svc.apply_state("c1", None, stigg_state(usage=1))  # a pushed update
+    assert (await ask())["currentUsage"] == 1
+    upstream.states["c1"] = stigg_state(usage=6)
+    await svc.invalidate("c1")  # a webhook or a mutation through the sidecar
+    assert svc.answer_cached(query) is None
+    await eventually(lambda: upstream.calls == 2)  # the refresh after the invalidation
+    assert (await ask())["currentUsage"] == 6
+    assert (await ask())["currentUsage"] == 6
+    assert svc.answer_cached(query) is not None
+    upstream.states["c1"] = stigg_state(usage=8)
+    clock.now += CACHE.fresh_ttl_seconds + 1  # past freshness
+    assert svc.answer_cached(query) is None
+    assert (await ask())["currentUsage"] == 8
+    assert (await ask())["currentUsage"] == 8
+    svc.drop_all_local()  # missed replication events: everything due for a refresh
+    assert svc.answer_cached(query) is None
+
+
 async def test_customer_not_found_error_is_the_same_denial_as_the_data(
     upstream: FakeUpstream, clock: FakeClock
 ) -> None:

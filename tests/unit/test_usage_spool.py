@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -104,6 +105,46 @@ async def test_full_spool_refuses_the_whole_request(make_spool: Factory) -> None
     small = await make_spool("small", max_reports=100, max_bytes=30)
     with pytest.raises(SpoolFull):
         await small.append("usage", [report(n) for n in range(10, 40)], 0.0)
+
+
+async def test_concurrent_requests_are_each_all_or_none_and_deduplicated_across(
+    make_spool: Factory,
+) -> None:
+    """Requests written together (one group commit) keep their own answers: a full one is
+    refused whole while the others are stored, and a key two of them share counts once."""
+    spool = await make_spool(max_reports=5)
+    answers = await asyncio.gather(
+        spool.append("usage", [report(1, "shared"), report(2)], 0.0),
+        spool.append("usage", [report(3, "shared")], 0.0),
+        spool.append("usage", [report(4), report(5), report(6), report(7)], 0.0),
+        spool.append("usage", [report(8)], 0.0),
+        return_exceptions=True,
+    )
+    assert answers[0] == [True, True]
+    assert answers[1] == [False]
+    assert isinstance(answers[2], SpoolFull)
+    assert answers[3] == [True]
+    assert await spool.acquire()
+    assert numbers(await spool.fetch("usage", 10, restart=True)) == [1, 2, 8]
+
+
+async def test_redis_append_survives_lost_scripts() -> None:
+    """After a Redis restart or failover the scripts are gone: appends load them again."""
+    client = fakeredis.FakeAsyncRedis()
+    spool = RedisSpool(
+        client,
+        prefix="p",
+        max_reports=100,
+        max_bytes=10**6,
+        dedupe_window_seconds=60,
+        lease_seconds=5,
+    )
+    await spool.open()
+    assert await spool.append("usage", [report(1)], 0.0) == [True]
+    await client.script_flush()
+    answers = await asyncio.gather(*(spool.append("usage", [report(n)], 0.0) for n in (2, 3)))
+    assert answers == [[True], [True]]
+    assert (await spool.depth()).reports["usage"] == 3
 
 
 async def test_recorded_batch_survives_a_restart_and_is_resent_as_is(make_spool: Factory) -> None:

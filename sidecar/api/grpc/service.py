@@ -11,13 +11,12 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from google.protobuf.empty_pb2 import Empty
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter
 
 from sidecar.api.errors import describe_upstream_error
 from sidecar.api.grpc import convert
@@ -25,7 +24,7 @@ from sidecar.api.grpc import sidecar_v1_pb2 as pb
 from sidecar.config import Secret
 from sidecar.entitlements.model import CheckRequest
 from sidecar.fault_log import FaultLog
-from sidecar.metrics import HTTP_BUCKETS, PREFIX
+from sidecar.metrics import PREFIX, RequestFamily
 from sidecar.services import Services
 from sidecar.upstream.errors import UpstreamError
 from sidecar.usage.model import UsageReport
@@ -250,16 +249,7 @@ def status_of(exc: Exception) -> tuple[grpc.StatusCode, str] | None:
 def log_unhandled(method: str, exc: Exception) -> None:
     """One line per method and error type per interval, with a count and where it was raised:
     a bug hit on every call must not flood the log with tracebacks."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
-    _faults.log(
-        f"{method}:{type(exc).__name__}",
-        logging.ERROR,
-        "unhandled error in gRPC %s: %r at %s",
-        method,
-        exc,
-        where,
-    )
+    _faults.unhandled(f"gRPC {method}", exc)
 
 
 class GrpcMetrics:
@@ -267,21 +257,9 @@ class GrpcMetrics:
     and status code, in the app's registry (next to the HTTP API's)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        labels = ["method", "code"]
-        self._requests = Counter(
-            f"{PREFIX}_grpc_requests",
-            "gRPC calls to SidecarService, by method and status code.",
-            labels,
-            registry=registry,
+        self._calls = RequestFamily(
+            registry, "grpc", "gRPC calls to SidecarService", ("method",), "code"
         )
-        self._duration = Histogram(
-            f"{PREFIX}_grpc_request_duration_seconds",
-            "Time to answer a gRPC call, by method and status code.",
-            labels,
-            buckets=HTTP_BUCKETS,
-            registry=registry,
-        )
-        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.unhandled_errors = Counter(
             f"{PREFIX}_grpc_unhandled_errors",
             "gRPC calls that failed with an error no status was planned for (a bug; see the "
@@ -291,13 +269,7 @@ class GrpcMetrics:
         )
 
     def observe(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
-        key = (method, code.name)
-        children = self._children.get(key)
-        if children is None:
-            children = (self._requests.labels(*key), self._duration.labels(*key))
-            self._children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        self._calls.counts(method).observe(code.name, seconds)
 
 
 def guarded(
