@@ -38,7 +38,7 @@ import orjson
 from redis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
 
 from sidecar.config import StartupError
-from sidecar.redis_connect import RedisClient
+from sidecar.redis_connect import RedisClient, is_cluster
 from sidecar.usage.model import KINDS, Kind
 from sidecar.usage.redis_durability import PersistenceGuard
 from sidecar.usage.spool import (
@@ -256,6 +256,7 @@ class RedisSpool:
         # Appends waiting for the next pipeline, and the tasks writing pipelines.
         self._pending: list[tuple[list[str], list[Any], asyncio.Future[list[bool]]]] = []
         self._writers: set[asyncio.Task[None]] = set()
+        self._cluster = is_cluster(client)
         self.persistence = PersistenceGuard(
             list(self._stream.values()),
             self._alive_key,
@@ -386,6 +387,13 @@ class RedisSpool:
         writes nothing, and must still wait until the replicas hold the first attempt's write
         (the stream is ordered, so an offset past it covers it)."""
         script = self._scripts["append"]
+        if self._cluster:
+            # redis-py's cluster pipeline refuses scripts: the calls go out side by side, each
+            # to the primary of the spool's slot (and no WAIT: config refuses it with Cluster).
+            replies = await asyncio.gather(
+                *(script(keys=keys, args=args) for keys, args in calls), return_exceptions=True
+            )
+            return list(replies), 0
         results: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
         confirmed = 0
