@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from sidecar.stigg_env import with_stigg_sidecar_env
+
 DEFAULT_STIGG_API_URL = "https://api.stigg.io/graphql"
 
 
@@ -720,10 +722,10 @@ def load_settings(
 ) -> Settings:
     """Build settings from (lowest to highest precedence) defaults, YAML, environment, CLI."""
     env = os.environ if env is None else env
-    # Stigg Sidecar's own names (SERVER_API_KEY, PORT, ...); imported here: it uses ConfigError.
-    from sidecar.stigg_env import with_stigg_sidecar_env
-
-    env = with_stigg_sidecar_env(env)
+    try:
+        env = with_stigg_sidecar_env(env)  # Stigg Sidecar's own names (SERVER_API_KEY, PORT, ...)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if config_file is None and env.get("SIDECAR_CONFIG"):
         config_file = Path(env["SIDECAR_CONFIG"])
     raw = _read_yaml(config_file) if config_file is not None else {}

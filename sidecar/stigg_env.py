@@ -13,8 +13,6 @@ import json
 from collections.abc import Callable, Mapping
 from urllib.parse import quote, urlsplit
 
-from sidecar.config import ConfigError
-
 STIGG_DEFAULT_API_URL = "https://api.stigg.io"
 
 
@@ -30,9 +28,9 @@ def _fallbacks(value: str) -> str:
     try:
         raw = json.loads(value)
     except ValueError:
-        raise ConfigError("ENTITLEMENTS_FALLBACK: must be a JSON object") from None
+        raise ValueError("ENTITLEMENTS_FALLBACK: must be a JSON object") from None
     if not isinstance(raw, dict):
-        raise ConfigError("ENTITLEMENTS_FALLBACK: must be a JSON object of feature ids")
+        raise ValueError("ENTITLEMENTS_FALLBACK: must be a JSON object of feature ids")  # noqa: TRY004 - a setting, not an argument
     unwrapped = {}
     for feature_id, spec in raw.items():
         kinds = ("boolean", "numeric", "metered", "enum")
@@ -71,13 +69,13 @@ def _redis_url(env: Mapping[str, str]) -> str | None:
     if not host:
         stray = [name for name in _REDIS if env.get(name, "").strip()]
         if stray:
-            raise ConfigError(f"{stray[0]}: needs REDIS_HOST")
+            raise ValueError(f"{stray[0]}: needs REDIS_HOST")
         return None
     port = env.get("REDIS_PORT", "6379").strip() or "6379"
     db = env.get("REDIS_DB", "0").strip() or "0"
     for name, value in (("REDIS_PORT", port), ("REDIS_DB", db)):
         if not value.isdigit():
-            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+            raise ValueError(f"{name}: expected an integer, got {value!r}")
     scheme = "rediss" if env.get("REDIS_TLS", "").strip().lower() in _TRUE else "redis"
     user = quote(env.get("REDIS_USERNAME", ""), safe="")
     password = quote(env.get("REDIS_PASSWORD", ""), safe="")
@@ -91,7 +89,8 @@ def is_stigg_sidecar_env(env: Mapping[str, str]) -> bool:
 
 
 def with_stigg_sidecar_env(env: Mapping[str, str]) -> Mapping[str, str]:
-    """``env`` with Stigg Sidecar's names translated to ours (unchanged when it is not one)."""
+    """``env`` with Stigg Sidecar's names translated to ours (unchanged when it is not one);
+    ValueError naming the variable when one is wrong (``load_settings`` reports it)."""
     if not is_stigg_sidecar_env(env):
         return env
     translated: dict[str, str] = {}
@@ -101,15 +100,15 @@ def with_stigg_sidecar_env(env: Mapping[str, str]) -> Mapping[str, str]:
     for name in ("PORT", "CACHE_MAX_SIZE_BYTES", "REDIS_KEYS_TTL_IN_SECS"):
         value = env.get(name, "").strip()
         if value and not value.isdigit():
-            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+            raise ValueError(f"{name}: expected an integer, got {value!r}")
     for name in ("EDGE_ENABLED", "WS_ENABLED", "REDIS_TLS"):
         value = env.get(name, "").strip().lower()
         if value and value not in (*_TRUE, "0", "false", "no", "off"):
-            raise ConfigError(f"{name}: expected true or false, got {env[name]!r}")
+            raise ValueError(f"{name}: expected true or false, got {env[name]!r}")
     for name in ("EDGE_API_URL", "WS_URL"):
         value = env.get(name, "").strip()
         if value and not urlsplit(value).hostname:
-            raise ConfigError(f"{name}: must be a URL, got {value!r}")
+            raise ValueError(f"{name}: must be a URL, got {value!r}")
     redis_url = _redis_url(env)
     if redis_url is not None:
         translated["SIDECAR_REDIS_URL"] = redis_url
@@ -119,7 +118,5 @@ def with_stigg_sidecar_env(env: Mapping[str, str]) -> Mapping[str, str]:
         given = env.get(ours, "").strip()
         if given and given != value.strip():
             # Never the values: some are secrets.
-            raise ConfigError(
-                f"{sources[ours]} and {ours}: both are set and disagree; set only one"
-            )
+            raise ValueError(f"{sources[ours]} and {ours}: both are set and disagree; set only one")
     return {**env, **translated}

@@ -36,14 +36,12 @@ _STIGG_ERRORS = {
 }
 
 
-UNMATCHED = "unmatched"
-
-
 def route_of(request: web.Request) -> str:
-    """The route's template (``/v1/customers/{customerId}``), never the raw path."""
+    """The route's template (``/v1/customers/{customerId}``), never the raw path;
+    ``unmatched`` when no route took the request."""
     resource = request.match_info.route.resource
     if resource is None:
-        return UNMATCHED
+        return "unmatched"
     return resource.canonical
 
 
