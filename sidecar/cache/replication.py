@@ -28,6 +28,8 @@ from sidecar.updates import UsageChange, UsageFigure, UsageUpdate
 log = logging.getLogger(__name__)
 
 VERSION = 1
+# Events waiting to be published while Redis is slow or down (a run of usage counts merges).
+MAX_OUTBOX = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +200,11 @@ class Replication:
         """Tell the other replicas, without waiting for Redis: events published while a send
         is under way go in the next one, a run of usage counts as one event (one message per
         burst of reports, not one per request). A Redis fault is counted and logged, never
-        raised; pub/sub is lossy anyway, and a replica that missed events resyncs."""
+        raised; pub/sub is lossy anyway, and a replica that missed events resyncs. While
+        Redis does not answer, at most ``MAX_OUTBOX`` events wait: the oldest are dropped."""
+        if len(self._outbox) >= MAX_OUTBOX:
+            del self._outbox[0]
+            self._faults("publish", OverflowError(f"{MAX_OUTBOX} events wait; dropped the oldest"))
         self._outbox.append(event)
         if self._sender is None or self._sender.done():
             self._sender = asyncio.get_running_loop().create_task(self._send())

@@ -14,8 +14,10 @@ from typing import Generic
 from redis.exceptions import RedisClusterException, RedisError
 
 from sidecar.cache.store import CacheEntry, CacheKey, CacheStore, LocalStore, V
+from sidecar.fault_log import FaultLog
 
 log = logging.getLogger(__name__)
+_faults = FaultLog(log)
 
 # What a failing Redis raises through redis-py (connection errors surface as OSError too; a
 # Cluster that lost a slot's every node raises RedisClusterException, not a RedisError).
@@ -23,14 +25,21 @@ REDIS_FAULTS = (RedisError, RedisClusterException, OSError)
 
 
 class RedisFaults:
-    """Counts failed Redis operations (the ``cache_l2_errors`` metric) and logs each one."""
+    """Counts failed Redis operations (the ``cache_l2_errors`` metric) and logs them, once per
+    interval and operation: with Redis down, every check would otherwise log a line."""
 
     def __init__(self) -> None:
         self.count = 0
 
     def __call__(self, what: str, exc: BaseException) -> None:
         self.count += 1
-        log.warning("redis cache %s failed (%s); answering from memory and Stigg", what, exc)
+        _faults.log(
+            what,
+            logging.WARNING,
+            "redis cache %s failed (%s); answering from memory and Stigg",
+            what,
+            exc,
+        )
 
 
 class TieredCache(Generic[V]):

@@ -120,3 +120,59 @@ async def test_unknown_versions_and_malformed_events_are_logged_and_ignored(
     versions = [r for r in caplog.records if "version" in r.getMessage()]
     assert len(versions) == 2  # once per unknown version (2, and none), not per event
     assert sum("malformed" in r.getMessage() for r in caplog.records) == 2
+
+
+class HeldRedis:
+    """A Redis whose PUBLISH waits until released: the sender is busy, events queue up."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.published: list[dict[str, object]] = []
+
+    async def publish(self, channel: str, message: bytes) -> int:
+        await self.release.wait()
+        self.published.append(orjson.loads(message))
+        return 1
+
+
+async def test_reports_published_during_a_send_go_as_one_message_in_order() -> None:
+    held = HeldRedis()
+    replication = Replication(held, "ns", RedisFaults())  # type: ignore[arg-type]
+    await replication.publish(Invalidate("first"))
+    await asyncio.sleep(0)  # the sender is now waiting on Redis with the first event
+    others = [UsageChange("c1", None, "calls", "DELTA", float(n)) for n in range(5)]
+    for change in others[:3]:
+        await replication.publish(UsageCounted((change,)))
+    await replication.publish(Invalidate("between"))
+    for change in others[3:]:
+        await replication.publish(UsageCounted((change,)))
+    held.release.set()
+    await replication.flush()
+    assert [decode(message) for message in held.published] == [
+        Invalidate("first"),
+        UsageCounted(tuple(others[:3])),
+        Invalidate("between"),
+        UsageCounted(tuple(others[3:])),
+    ]
+
+
+async def test_events_waiting_on_a_stuck_redis_are_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sidecar.cache import replication as module
+
+    monkeypatch.setattr(module, "MAX_OUTBOX", 10)
+    held = HeldRedis()
+    faults = RedisFaults()
+    replication = Replication(held, "ns", faults)  # type: ignore[arg-type]
+    await replication.publish(Invalidate("sent first"))
+    await asyncio.sleep(0)
+    for n in range(25):
+        await replication.publish(Invalidate(f"c{n}"))
+    assert faults.count == 15  # the 15 oldest waiting were dropped, each counted
+    held.release.set()
+    await replication.flush()
+    assert [decode(m) for m in held.published] == [
+        Invalidate("sent first"),
+        *(Invalidate(f"c{n}") for n in range(15, 25)),
+    ]
