@@ -66,6 +66,8 @@ UPSTREAM = web.AppKey("upstream", Upstream)
 STIGG_LINK = web.AppKey("stigg_link", tuple)
 REDIS = web.AppKey[RedisClient]("redis")
 REPLICATION = web.AppKey("replication", Replication)
+# How long shutdown waits for a background task (replication, realtime) to stop.
+BACKGROUND_STOP_SECONDS = 2.0
 
 
 def _upstream_ctx(
@@ -209,8 +211,13 @@ async def _run_in_background(name: str, coroutine: Any) -> AsyncIterator[None]:
     task = asyncio.create_task(coroutine, name=name)
     yield
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    # Bounded: a task stuck in a cleanup of its own (a socket that will not close) must not
+    # hold up the shutdown behind it.
+    done, _ = await asyncio.wait({task}, timeout=BACKGROUND_STOP_SECONDS)
+    if not done:
+        log.warning("%s did not stop within %.0f s; leaving it", name, BACKGROUND_STOP_SECONDS)
+    elif not task.cancelled() and task.exception() is not None:
+        log.warning("%s ended with %r", name, task.exception())
 
 
 async def _replication_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -218,7 +225,9 @@ async def _replication_ctx(app: web.Application) -> AsyncIterator[None]:
     replication = app[REPLICATION]
     async for _ in _run_in_background("replication", replication.run(app[SERVICES].entitlements)):
         yield
-    await replication.flush()  # the last invalidations and counts reach the other replicas
+    # The last invalidations and counts reach the other replicas, if Redis answers soon.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(replication.flush(), BACKGROUND_STOP_SECONDS)
 
 
 async def _realtime_ctx(app: web.Application) -> AsyncIterator[None]:
