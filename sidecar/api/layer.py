@@ -44,7 +44,8 @@ _BEARER_EXEMPT = frozenset({"/webhooks/stigg"})
 # Methods counted under their own name on unmatched paths; any other is "other", so a client
 # cannot make up label values.
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_STATUS_TEXT = {status: str(status) for status in range(100, 600)}
+# Every status aiohttp lets a response have (100 to 999), as its label text.
+_STATUS_TEXT = {status: str(status) for status in range(100, 1000)}
 
 
 class ApiLayer:
@@ -83,14 +84,15 @@ class ApiLayer:
                 response = error_answer(request, exc, max_body_bytes)
             seconds = time.perf_counter() - started
             status = response.status
+            outcome = _STATUS_TEXT[status]
             if request.method == method:
-                counts.observe(_STATUS_TEXT[status], seconds)
+                counts.observe(outcome, seconds)
             else:  # HEAD on a GET route
-                self._metrics.http.counts(template, request.method).observe(str(status), seconds)
+                self._metrics.http.counts(template, request.method).observe(outcome, seconds)
             given = request.headers.get(REQUEST_ID_HEADER)
             if given is None and status < 400 and seconds < SLOW_SECONDS and not self._log_all:
                 return response  # the hot path ends here
-            request_id = self._note(request, response.status, given, seconds)
+            request_id = self._note(request, status, given, seconds)
             if not response.prepared:
                 response.headers[REQUEST_ID_HEADER] = request_id
             return response

@@ -363,8 +363,7 @@ class RedisSpool:
                 try:
                     results, confirmed = await self._append_pipelined([(k, a) for k, a, _ in group])
                 except Exception as exc:  # noqa: BLE001 - each waiting request gets it as its answer
-                    error = SpoolUnavailable(f"Redis: {type(exc).__name__}: {exc}")
-                    results, confirmed = [error] * len(group), 0
+                    results, confirmed = [exc] * len(group), 0
                 for (*_, future), result in zip(group, results, strict=True):
                     if not future.done():
                         self._settle_append(future, result, confirmed)
@@ -424,18 +423,18 @@ class RedisSpool:
     def _settle_append(
         self, future: asyncio.Future[list[bool]], result: Any, confirmed: int
     ) -> None:
-        """Answer one waiting append with its script's reply."""
-        if isinstance(result, SpoolUnavailable):
-            future.set_exception(result)
-        elif isinstance(result, Exception):
+        """Answer one waiting append with its script's reply (or the error it met)."""
+        if isinstance(result, Exception):
             future.set_exception(SpoolUnavailable(f"Redis: {type(result).__name__}: {result}"))
-        elif result == -1:
+            return
+        if result == -1:
             future.set_exception(SpoolFull())
-        elif confirmed < self._min_replicas_ack:
-            stored = [bool(flag) for flag in result]
+            return
+        stored = [bool(flag) for flag in result]
+        if confirmed < self._min_replicas_ack:
             future.set_exception(NotReplicated(stored, confirmed, self._min_replicas_ack))
         else:
-            future.set_result([bool(flag) for flag in result])
+            future.set_result(stored)
 
     # --- the flush lease ----------------------------------------------------------------------
 
