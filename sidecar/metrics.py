@@ -176,13 +176,11 @@ class RequestFamily(Collector):
             f"Time to answer {self._what}, by {by}.",
             labels=self._labels,
         )
-        bounds = [*(str(float(bound)) for bound in HTTP_BUCKETS), "+Inf"]
         for labels, counts in list(self._series.items()):
             for outcome, row in list(counts.by_outcome.items()):
                 values = [*labels, outcome]
-                cumulative = list(itertools.accumulate(int(n) for n in row[1:]))
-                requests.add_metric(values, cumulative[-1])
-                duration.add_metric(values, list(zip(bounds, cumulative, strict=True)), row[0])
+                requests.add_metric(values, sum(int(n) for n in row[1:]))
+                _add_buckets(duration, values, HTTP_BUCKETS, row[1:], row[0])
         yield requests
         yield duration
 
@@ -269,12 +267,20 @@ def _gauge(name: str, doc: str, labels: Iterable[str] = ()) -> GaugeMetricFamily
 
 
 def _histogram(family: HistogramMetricFamily, labels: list[str], histogram: StatsHistogram) -> None:
-    buckets: list[tuple[str, float]] = []
-    running = 0
-    for bound, count in zip((*histogram.buckets, float("inf")), histogram.counts, strict=True):
-        running += count
-        buckets.append(("+Inf" if bound == float("inf") else str(float(bound)), running))
-    family.add_metric(labels, buckets, histogram.sum)
+    _add_buckets(family, labels, histogram.buckets, histogram.counts, histogram.sum)
+
+
+def _add_buckets(
+    family: HistogramMetricFamily,
+    labels: list[str],
+    bounds: Sequence[float],
+    counts: Iterable[float],
+    total: float,
+) -> None:
+    """One series of ``family`` from per-bucket ``counts`` (one per bound, then +Inf)."""
+    names = [*(str(float(bound)) for bound in bounds), "+Inf"]
+    cumulative = itertools.accumulate(int(count) for count in counts)
+    family.add_metric(labels, list(zip(names, cumulative, strict=True)), total)
 
 
 class _StateCollector(Collector):
