@@ -32,14 +32,7 @@ async def make_spool(redis_target: RedisTarget) -> AsyncIterator[suite.Factory]:
     async def make(store: str = "main", **limits: int) -> Spool:
         client = redis_target.client()
         clients.append(client)
-        spool = RedisSpool(
-            client,
-            prefix=RedisNamespace(f"test-{run}-{store}").spool,
-            max_reports=limits.get("max_reports", 1000),
-            max_bytes=limits.get("max_bytes", 10**6),
-            dedupe_window_seconds=60,
-            lease_seconds=5,
-        )
+        spool = suite.redis_spool(client, RedisNamespace(f"test-{run}-{store}").spool, **limits)
         await spool.open()
         opened.append(spool)
         return spool
@@ -62,13 +55,10 @@ async def test_appends_wait_for_a_replica_when_asked(redis_sentinel: RedisTarget
     prefix = RedisNamespace(f"test-{uuid.uuid4().hex}").spool
 
     def spool(replicas: int) -> RedisSpool:
-        return RedisSpool(
+        return suite.redis_spool(
             client,
-            prefix=prefix,
+            prefix,
             max_reports=100,
-            max_bytes=10**6,
-            dedupe_window_seconds=60,
-            lease_seconds=5,
             min_replicas_ack=replicas,
             replica_ack_timeout=0.05,
         )

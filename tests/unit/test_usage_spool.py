@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import fakeredis
 import orjson
@@ -35,13 +36,11 @@ async def make_spool(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
                 dedupe_window_seconds=60,
             )
         else:
-            spool = RedisSpool(
+            spool = redis_spool(
                 fakeredis.FakeAsyncRedis(server=server),
-                prefix=store,
+                store,
                 max_reports=max_reports,
                 max_bytes=max_bytes,
-                dedupe_window_seconds=60,
-                lease_seconds=5,
             )
         await spool.open()
         opened.append(spool)
@@ -50,6 +49,19 @@ async def make_spool(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
     yield make
     for spool in opened:
         await spool.close()
+
+
+def redis_spool(client: Any, prefix: str, **options: Any) -> RedisSpool:
+    """A Redis spool with the suite's settings (1,000 reports, 1 MB, keys remembered 60 s,
+    a 5 s lease) unless ``options`` say otherwise."""
+    settings: dict[str, Any] = {
+        "max_reports": 1000,
+        "max_bytes": 10**6,
+        "dedupe_window_seconds": 60,
+        "lease_seconds": 5,
+        **options,
+    }
+    return RedisSpool(client, prefix=prefix, **settings)
 
 
 def report(n: int, key: str | None = None) -> NewReport:
@@ -131,14 +143,7 @@ async def test_concurrent_requests_are_each_all_or_none_and_deduplicated_across(
 async def test_redis_append_survives_lost_scripts() -> None:
     """After a Redis restart or failover the scripts are gone: appends load them again."""
     client = fakeredis.FakeAsyncRedis()
-    spool = RedisSpool(
-        client,
-        prefix="p",
-        max_reports=100,
-        max_bytes=10**6,
-        dedupe_window_seconds=60,
-        lease_seconds=5,
-    )
+    spool = redis_spool(client, "p", max_reports=100)
     await spool.open()
     assert await spool.append("usage", [report(1)], 0.0) == [True]
     await client.script_flush()
@@ -254,13 +259,10 @@ async def test_redis_lease_fences_a_replica_that_lost_it() -> None:
     claimed: list[int] = []
 
     def spool(name: str) -> RedisSpool:
-        return RedisSpool(
+        return redis_spool(
             fakeredis.FakeAsyncRedis(server=server),
-            prefix="fence",
+            "fence",
             max_reports=100,
-            max_bytes=10**6,
-            dedupe_window_seconds=60,
-            lease_seconds=5,
             consumer=name,
             on_claimed=lambda kind, count: claimed.append(count),
             clock=lambda: clock[0],
@@ -296,14 +298,8 @@ async def test_reports_left_under_the_old_spool_keys_are_reported_at_start(
 ) -> None:
     client = fakeredis.FakeAsyncRedis()
     await client.xadd("{stigg-sidecar}:spool:usage", {"b": b"{}", "a": b"0"})
-    spool = RedisSpool(
-        client,
-        prefix="stigg-sidecar:default:{spool}",
-        max_reports=100,
-        max_bytes=10**6,
-        dedupe_window_seconds=60,
-        lease_seconds=5,
-        legacy_prefix="stigg-sidecar",
+    spool = redis_spool(
+        client, "stigg-sidecar:default:{spool}", max_reports=100, legacy_prefix="stigg-sidecar"
     )
     await spool.open()
     try:
