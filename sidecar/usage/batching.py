@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -45,6 +45,132 @@ def _stigg_payload(record: dict[str, Any], *, kind: str) -> dict[str, Any]:
 @dataclass(slots=True)
 class _Draft:
     members: list[Pending]
+    latest: float | None  # the newest member timestamp (epoch seconds), if any has one
+
+
+class BatchBuilder(Protocol):
+    """The next batch, grown one report at a time from the head of the queue: the flusher
+    feeds each report once as it arrives instead of rebuilding from the whole buffer."""
+
+    used: int  # reports taken so far (a prefix of what was fed)
+    full: bool  # no further report fits
+
+    def add(self, item: Pending) -> bool:
+        """Take ``item`` into the batch; False (and ``full``) when it does not fit."""
+        ...
+
+    def build(self, batch_id: str) -> Batch: ...
+
+
+class UsageBatchBuilder:
+    """A ``reportUsageBulk`` batch, coalescing as the module says."""
+
+    def __init__(
+        self, *, max_items: int, max_reports: int, coalesce: bool, window_seconds: float
+    ) -> None:
+        self._max_items = max_items
+        self._max_reports = max_reports
+        self._coalesce = coalesce
+        self._window = window_seconds
+        self._drafts: list[_Draft] = []
+        self._open_groups: dict[_GroupKey, _Draft] = {}
+        self._groups_of: dict[_UsageKey, list[_GroupKey]] = {}
+        self.used = 0
+        self.full = max_reports <= 0
+
+    def add(self, item: Pending) -> bool:
+        if self.full:
+            return False
+        record = item.record
+        usage_key: _UsageKey = (record["customerId"], record["featureId"], record.get("resourceId"))
+        behavior = record["updateBehavior"]
+        timestamp = record.get("timestamp")
+        epoch = parse_iso(timestamp).timestamp() if timestamp else None
+        if self._coalesce and behavior == "DELTA" and not record["keyFromClient"]:
+            group: _GroupKey = (
+                usage_key,
+                orjson.dumps(record.get("dimensions"), option=orjson.OPT_SORT_KEYS),
+                0 if epoch is None else int(epoch // self._window),
+            )
+            draft = self._open_groups.get(group)
+            if draft is not None:
+                draft.members.append(item)
+                if epoch is not None and (draft.latest is None or epoch > draft.latest):
+                    draft.latest = epoch
+                return self._took()
+            if not self._start(item, epoch):
+                return False
+            self._open_groups[group] = self._drafts[-1]
+            self._groups_of.setdefault(usage_key, []).append(group)
+            return self._took()
+        if not self._start(item, epoch):
+            return False
+        if behavior == "SET":
+            # Later DELTAs must land after this SET, so they may not join earlier groups.
+            for closed in self._groups_of.pop(usage_key, ()):
+                self._open_groups.pop(closed, None)
+        return self._took()
+
+    def _start(self, item: Pending, epoch: float | None) -> bool:
+        """A new usage for ``item``; False (full) when the batch has its most usages."""
+        if len(self._drafts) == self._max_items:
+            self.full = True
+            return False
+        self._drafts.append(_Draft([item], epoch))
+        return True
+
+    def _took(self) -> bool:
+        self.used += 1
+        self.full = self.used >= self._max_reports
+        return True
+
+    def build(self, batch_id: str) -> Batch:
+        items = [_finish(draft, batch_id, n) for n, draft in enumerate(self._drafts)]
+        return Batch(batch_id, "usage", items)
+
+
+def _finish(draft: _Draft, batch_id: str, n: int) -> BatchItem:
+    members = draft.members
+    sources = [(m.entry.id, m.entry.accepted_at) for m in members]
+    payload = _stigg_payload(members[0].record, kind="usage")
+    if len(members) > 1:
+        payload["value"] = sum(m.record["value"] for m in members)
+        payload["idempotencyKey"] = f"sidecar-batch-{batch_id}-{n}"
+        if draft.latest is not None:
+            payload["createdAt"] = format_epoch(draft.latest)
+    return BatchItem(payload, sources)
+
+
+class EventBatchBuilder:
+    """A ``reportEvent`` batch: events are never merged, each keeps its key."""
+
+    def __init__(self, *, max_items: int) -> None:
+        self._max_items = max_items
+        self._head: list[Pending] = []
+        self.used = 0
+        self.full = max_items <= 0
+
+    def add(self, item: Pending) -> bool:
+        if self.full:
+            return False
+        self._head.append(item)
+        self.used += 1
+        self.full = self.used >= self._max_items
+        return True
+
+    def build(self, batch_id: str) -> Batch:
+        items = [
+            BatchItem(_stigg_payload(p.record, kind="event"), [(p.entry.id, p.entry.accepted_at)])
+            for p in self._head
+        ]
+        return Batch(batch_id, "event", items)
+
+
+def _fill(builder: BatchBuilder, pending: Sequence[Pending], batch_id: str) -> tuple[Batch, int]:
+    for item in pending:
+        if not builder.add(item):
+            break
+    return builder.build(batch_id), builder.used
 
 
 def build_usage_batch(
@@ -58,66 +184,17 @@ def build_usage_batch(
 ) -> tuple[Batch, int]:
     """The next ``reportUsageBulk`` batch from the head of ``pending``; and how many of
     ``pending`` it consumed."""
-    drafts: list[_Draft] = []
-    open_groups: dict[_GroupKey, _Draft] = {}
-    groups_of: dict[_UsageKey, list[_GroupKey]] = {}
-    used = 0
-    for item in pending[:max_reports]:
-        record = item.record
-        usage_key: _UsageKey = (record["customerId"], record["featureId"], record.get("resourceId"))
-        behavior = record["updateBehavior"]
-        if coalesce and behavior == "DELTA" and not record["keyFromClient"]:
-            timestamp = record.get("timestamp")
-            bucket = int(parse_iso(timestamp).timestamp() // window_seconds) if timestamp else 0
-            group: _GroupKey = (
-                usage_key,
-                orjson.dumps(record.get("dimensions"), option=orjson.OPT_SORT_KEYS),
-                bucket,
-            )
-            draft = open_groups.get(group)
-            if draft is not None:
-                draft.members.append(item)
-                used += 1
-                continue
-            if len(drafts) == max_items:
-                break
-            draft = _Draft([item])
-            drafts.append(draft)
-            open_groups[group] = draft
-            groups_of.setdefault(usage_key, []).append(group)
-        else:
-            if len(drafts) == max_items:
-                break
-            if behavior == "SET":
-                # Later DELTAs must land after this SET, so they may not join earlier groups.
-                for closed in groups_of.pop(usage_key, ()):
-                    open_groups.pop(closed, None)
-            drafts.append(_Draft([item]))
-        used += 1
-    items = [_finish(draft, batch_id, n) for n, draft in enumerate(drafts)]
-    return Batch(batch_id, "usage", items), used
-
-
-def _finish(draft: _Draft, batch_id: str, n: int) -> BatchItem:
-    sources = [(m.entry.id, m.entry.accepted_at) for m in draft.members]
-    if len(draft.members) == 1:
-        return BatchItem(_stigg_payload(draft.members[0].record, kind="usage"), sources)
-    payload = _stigg_payload(draft.members[0].record, kind="usage")
-    payload["value"] = sum(m.record["value"] for m in draft.members)
-    payload["idempotencyKey"] = f"sidecar-batch-{batch_id}-{n}"
-    stamps = [m.record["timestamp"] for m in draft.members if m.record.get("timestamp")]
-    if stamps:
-        payload["createdAt"] = format_epoch(max(parse_iso(stamp).timestamp() for stamp in stamps))
-    return BatchItem(payload, sources)
+    builder = UsageBatchBuilder(
+        max_items=max_items,
+        max_reports=max_reports,
+        coalesce=coalesce,
+        window_seconds=window_seconds,
+    )
+    return _fill(builder, pending, batch_id)
 
 
 def build_event_batch(
     pending: Sequence[Pending], batch_id: str, *, max_items: int
 ) -> tuple[Batch, int]:
-    """The next ``reportEvent`` batch: events are never merged, each keeps its key."""
-    head = pending[:max_items]
-    items = [
-        BatchItem(_stigg_payload(p.record, kind="event"), [(p.entry.id, p.entry.accepted_at)])
-        for p in head
-    ]
-    return Batch(batch_id, "event", items), len(head)
+    """The next ``reportEvent`` batch from the head of ``pending``."""
+    return _fill(EventBatchBuilder(max_items=max_items), pending, batch_id)

@@ -42,7 +42,7 @@ from sidecar.upstream.errors import (
     UpstreamUnavailable,
     classify,
 )
-from sidecar.usage.batching import Pending, build_event_batch, build_usage_batch
+from sidecar.usage.batching import BatchBuilder, EventBatchBuilder, Pending, UsageBatchBuilder
 from sidecar.usage.model import Kind
 from sidecar.usage.rate_limit import TokenBucket
 from sidecar.usage.spool import Batch, Spool, new_batch_id
@@ -74,8 +74,8 @@ class KindPolicy:
     max_items: int
     # The operation's variables for a batch's item payloads.
     variables: Callable[[list[Any]], dict[str, Any]]
-    # The next batch out of the pending reports: (batch, reports it used).
-    build: Callable[[Sequence[Pending], str], tuple[Batch, int]]
+    # An empty next batch, to be fed the pending reports in order.
+    builder: Callable[[], BatchBuilder]
     # Stigg's answer read into the figures it confirms; raises ``UpstreamProtocolError`` when
     # it cannot be read (a failed call: the batch stays and is resent with the same keys).
     read: Callable[[Any], list[dict[str, Any]]]
@@ -88,10 +88,8 @@ class KindPolicy:
 def usage_policy(settings: UsageSettings, reconcile: ConfirmedListener | None = None) -> KindPolicy:
     """``reportUsageBulk``: reports coalesced per usage key, Stigg's figures reconciled."""
 
-    def build(pending: Sequence[Pending], batch_id: str) -> tuple[Batch, int]:
-        return build_usage_batch(
-            pending,
-            batch_id,
+    def builder() -> BatchBuilder:
+        return UsageBatchBuilder(
             max_items=settings.max_batch_size,
             max_reports=settings.max_reports_per_batch,
             coalesce=settings.coalesce,
@@ -104,7 +102,7 @@ def usage_policy(settings: UsageSettings, reconcile: ConfirmedListener | None = 
         settings.calls_per_minute,
         settings.max_batch_size,
         lambda items: {"input": {"usages": items}},
-        build,
+        builder,
         answers.measurements,
         reconcile,
         shows_leadership=True,
@@ -114,8 +112,8 @@ def usage_policy(settings: UsageSettings, reconcile: ConfirmedListener | None = 
 def event_policy(settings: UsageSettings) -> KindPolicy:
     """``reportEvent``: events sent as they are, each with its own key."""
 
-    def build(pending: Sequence[Pending], batch_id: str) -> tuple[Batch, int]:
-        return build_event_batch(pending, batch_id, max_items=settings.max_event_batch_size)
+    def builder() -> BatchBuilder:
+        return EventBatchBuilder(max_items=settings.max_event_batch_size)
 
     return KindPolicy(
         "event",
@@ -123,7 +121,7 @@ def event_policy(settings: UsageSettings) -> KindPolicy:
         settings.event_calls_per_minute,
         settings.max_event_batch_size,
         lambda items: {"input": {"usageEvents": items}},
-        build,
+        builder,
         lambda _answer: [],  # reportEvent confirms no figures
     )
 
@@ -163,14 +161,13 @@ class Flusher:
         self._bucket = bucket or TokenBucket(policy.calls_per_minute)
         self._clock = clock
         self._rng = rng
-        self._max_items = policy.max_items
-        self._fetch_limit = max(settings.max_reports_per_batch, self._max_items)
+        self._fetch_limit = max(settings.max_reports_per_batch, policy.max_items)
         self._buffer: list[Pending] = []
         self._wake = asyncio.Event()
         self._draining = False
         self._resumed = False
         self._restart_fetch = True
-        self._next_full_check = 0
+        self._next_batch()
         self._task: asyncio.Task[None] | None = None
 
     # --- control ------------------------------------------------------------------------------
@@ -232,9 +229,14 @@ class Flusher:
 
     def _reset(self) -> None:
         self._buffer.clear()
+        self._next_batch()
         self._resumed = False
         self._restart_fetch = True
-        self._next_full_check = 0
+
+    def _next_batch(self) -> None:
+        """Start the next batch from the buffer's head (fed again as ``_ready`` runs)."""
+        self._batch = self._policy.builder()
+        self._fed = 0
 
     async def _wait(self, seconds: float | None, *, poll: bool = True) -> None:
         poll_interval = self._spool.poll_interval if poll else None
@@ -261,6 +263,7 @@ class Flusher:
             for batch in await self._spool.open_batches(self.kind):
                 await self._deliver(batch)
             self._buffer.clear()
+            self._next_batch()
             self._restart_fetch = True
             self._resumed = True
         room = self._fetch_limit - len(self._buffer)
@@ -281,29 +284,25 @@ class Flusher:
         if not await self._spool.record_batch(batch):
             raise _LostLease
         del self._buffer[:used]
-        self._next_full_check = 0
         await self._deliver(batch)
         return False
 
-    def _build(self) -> tuple[Batch, int]:
-        return self._policy.build(self._buffer, new_batch_id())
-
     def _ready(self) -> tuple[Batch, int] | float:
-        """The batch to send now, or how long to wait for it to fill up."""
-        buffered = len(self._buffer)
-        if self._draining or buffered >= self._settings.max_reports_per_batch:
-            return self._build()
-        if buffered >= self._next_full_check:
-            batch, used = self._build()
-            if len(batch.items) >= self._max_items or used < buffered:
-                return batch, used
-            # Each report adds at most one usage: it cannot be full before this many more.
-            self._next_full_check = buffered + self._max_items - len(batch.items)
-        age = self._clock() - self._buffer[0].entry.accepted_at
-        wait = self._settings.flush_interval_seconds - age
-        if wait <= 0:
-            return self._build()
-        return wait
+        """The batch to send now, or how long to wait for it to fill up. Each buffered report
+        is fed to the batch once (again only after a batch was taken before it)."""
+        batch = self._batch
+        buffer = self._buffer
+        while self._fed < len(buffer) and batch.add(buffer[self._fed]):
+            self._fed += 1
+        if not (self._draining or batch.full):
+            wait = self._settings.flush_interval_seconds - (
+                self._clock() - buffer[0].entry.accepted_at
+            )
+            if wait > 0:
+                return wait
+        ready = batch.build(new_batch_id()), batch.used
+        self._next_batch()
+        return ready
 
     # --- sending ------------------------------------------------------------------------------
 

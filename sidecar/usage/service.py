@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +21,7 @@ import orjson
 from sidecar.config import Settings, UsageSettings
 from sidecar.fault_log import FaultLog
 from sidecar.redis_namespace import RedisNamespace
+from sidecar.timestamps import format_epoch
 from sidecar.upstream.client import Upstream
 from sidecar.usage.flusher import Flusher, event_policy, usage_policy
 from sidecar.usage.listener import UsageListener, changes_of, figures_of
@@ -202,13 +201,10 @@ class UsageService:
 
     async def accept_usages(self, reports: Sequence[UsageReport]) -> list[bool]:
         """Spool ``reports`` (all or none); per report, False when it was a duplicate."""
-        stamp = datetime.fromtimestamp(self._clock(), UTC)
-        # "When it happened" defaults to acceptance, so a delivery delayed by an outage still
-        # counts in the usage period it belongs to.
-        stamped = [r if r.timestamp else dataclasses.replace(r, timestamp=stamp) for r in reports]
-        stored = await self._append("usage", [(r.to_record(), r) for r in stamped])
+        accepted = format_epoch(self._clock())
+        stored = await self._append("usage", [(r.to_record(accepted), r) for r in reports])
         if self._listener is not None:
-            fresh = [r for r, ok in zip(stamped, stored, strict=True) if ok]
+            fresh = [r for r, ok in zip(reports, stored, strict=True) if ok]
             if fresh:
                 try:
                     await self._listener.apply_usage(changes_of(fresh))
@@ -217,9 +213,8 @@ class UsageService:
         return stored
 
     async def accept_events(self, events: Sequence[EventReport]) -> list[bool]:
-        stamp = datetime.fromtimestamp(self._clock(), UTC)
-        stamped = [e if e.timestamp else dataclasses.replace(e, timestamp=stamp) for e in events]
-        return await self._append("event", [(e.to_record(), e) for e in stamped])
+        accepted = format_epoch(self._clock())
+        return await self._append("event", [(e.to_record(accepted), e) for e in events])
 
     async def _append(
         self, kind: Kind, items: Sequence[tuple[dict[str, Any], UsageReport | EventReport]]

@@ -6,7 +6,12 @@ from typing import Any
 
 import orjson
 
-from sidecar.usage.batching import Pending, build_event_batch, build_usage_batch
+from sidecar.usage.batching import (
+    Pending,
+    UsageBatchBuilder,
+    build_event_batch,
+    build_usage_batch,
+)
 
 T0 = "2026-01-01T00:00:00Z"
 
@@ -135,3 +140,33 @@ def test_events_are_sent_one_by_one_with_their_keys() -> None:
         {"eventName": "e", "customerId": "c", "idempotencyKey": "k0"},
         {"eventName": "e", "customerId": "c", "idempotencyKey": "k1"},
     ]
+
+
+def test_a_builder_fed_one_report_at_a_time_refuses_when_full_and_the_rest_follow() -> None:
+    # The flusher feeds each report once, as it arrives: the batch must come out as if built
+    # from the whole buffer, and the report it refused must head the next batch.
+    pending = [usage(n, customer=f"c{n % 3}") for n in range(1, 8)]
+    pending.insert(4, usage(99, customer="c9", behavior="SET"))
+    builder = UsageBatchBuilder(max_items=3, max_reports=100, coalesce=True, window_seconds=60)
+    fed = 0
+    while builder.add(pending[fed]):
+        fed += 1
+    first = builder.build("B")
+    expected, used = build(pending, max_items=3)
+    assert builder.full
+    assert builder.used == used == fed
+    assert [i.payload for i in first.items] == [i.payload for i in expected.items]
+    assert [i.sources for i in first.items] == [i.sources for i in expected.items]
+    rest, _ = build(pending[used:], max_items=3)
+    assert rest.items[0].sources[0][0] == pending[used].entry.id
+
+
+def test_a_builder_is_full_at_the_most_reports_a_batch_may_carry() -> None:
+    builder = UsageBatchBuilder(max_items=100, max_reports=2, coalesce=True, window_seconds=60)
+    assert builder.add(usage(1))
+    assert not builder.full
+    assert builder.add(usage(2))
+    assert builder.full
+    assert not builder.add(usage(3))
+    [item] = builder.build("B").items
+    assert item.payload["value"] == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from sidecar.usage.model import (
 from sidecar.validation import ValidationError
 
 GOOD = {"customerId": "c", "featureId": "f", "value": 1}
+ACCEPTED = "2026-02-01T12:00:00.5Z"
 
 
 def test_one_report_or_a_batch() -> None:
@@ -64,14 +66,31 @@ def test_records_keep_every_field() -> None:
         },
         max_reports=1,
     )
-    record = report.to_record()
+    record = report.to_record(ACCEPTED)
     assert (record["timestamp"], record["resourceId"]) == ("2026-01-01T00:00:00Z", "r")
     assert record["dimensions"] == {"region": "eu", "n": 2, "ok": True}
     [event], _ = parse_event_request(
         {"eventName": "upload", "customerId": "c", "timestamp": "2026-01-01T00:00:00Z"},
         max_reports=1,
     )
-    assert event.to_record()["timestamp"] == "2026-01-01T00:00:00Z"
+    assert event.to_record(ACCEPTED)["timestamp"] == "2026-01-01T00:00:00Z"
+
+
+def test_a_report_without_a_timestamp_is_stamped_with_its_acceptance() -> None:
+    [report], _ = parse_usage_request(GOOD, max_reports=1)
+    [event], _ = parse_event_request({"eventName": "upload", "customerId": "c"}, max_reports=1)
+    assert report.to_record(ACCEPTED)["timestamp"] == ACCEPTED
+    assert event.to_record(ACCEPTED)["timestamp"] == ACCEPTED
+
+
+def test_minted_keys_are_distinct_uuids_after_the_prefix() -> None:
+    reports, _ = parse_usage_request({"usages": [GOOD] * 1000}, max_reports=1000)
+    keys = [r.idempotency_key for r in reports]
+    assert len(set(keys)) == 1000
+    for key in keys[:3]:
+        prefix, _, rest = key.partition("-")
+        assert prefix == "sidecar"
+        assert str(uuid.UUID(rest)) == rest
 
 
 @pytest.mark.parametrize(
