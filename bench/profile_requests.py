@@ -2,6 +2,7 @@
 answering warm checks, or (``--usage``) accepting one usage report per request.
 
     uv run python -m bench.profile_requests [--usage] [--seconds 10] [--loop asyncio|uvloop]
+        [--redis-url redis://127.0.0.1:6379/0]  # Redis for the cache and usage spool
 
 Needs ``py-spy`` on PATH (``uv tool install py-spy``; sampling another process needs ptrace
 rights: root, or ``kernel.yama.ptrace_scope=0``). Prints the share of samples by package
@@ -43,15 +44,19 @@ def main() -> None:
     parser.add_argument("--loop", default="asyncio", choices=("asyncio", "uvloop"))
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--usage", action="store_true", help="POST /v1/usage, 1 report each")
+    parser.add_argument("--redis-url", help="a loopback Redis for the cache and the spool")
     args = parser.parse_args()
     spy = shutil.which("py-spy")
     if spy is None:
         raise SystemExit("py-spy is not installed: uv tool install py-spy")
+    env = {"SIDECAR_SERVER_EVENT_LOOP": args.loop}
+    if args.redis_url:
+        env["SIDECAR_REDIS_URL"] = args.redis_url
     with (
         # Usage is delivered in the background: to an emulator of its own, so its work on the
         # deliveries is not counted as the sidecar's (with --local it shares the process).
         emulator() if args.usage else contextlib.nullcontext() as stigg,
-        sidecar(stigg, env={"SIDECAR_SERVER_EVENT_LOOP": args.loop}) as base,
+        sidecar(stigg, env=env) as base,
         tempfile.TemporaryDirectory() as temp,
     ):
         httpx.get(base + CHECK).raise_for_status()
