@@ -51,6 +51,10 @@ from sidecar.usage.stats import UsageStats
 log = logging.getLogger(__name__)
 
 
+# How often a partial batch is topped up from the spool while it waits for its flush interval.
+REFILL_SECONDS = 0.05
+
+
 def _never(_: Mapping[str, Any]) -> bool:
     return False
 
@@ -278,7 +282,9 @@ class Flusher:
             return False
         ready = self._ready()
         if isinstance(ready, float):
-            await self._wait(ready)
+            # A partial batch waits to fill up: look for more reports every REFILL_SECONDS
+            # rather than at every append, each look being a round trip to the spool.
+            await asyncio.sleep(min(ready, REFILL_SECONDS))
             return False
         batch, used = ready
         if not await self._spool.record_batch(batch):
