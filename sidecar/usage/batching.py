@@ -56,7 +56,7 @@ class BatchBuilder(Protocol):
     full: bool  # no further report fits
 
     def add(self, item: Pending) -> bool:
-        """Take ``item`` into the batch; False (and ``full``) when it does not fit."""
+        """Take ``item`` into the batch; False when the batch is ``full`` already."""
         ...
 
     def build(self, batch_id: str) -> Batch: ...
@@ -76,7 +76,7 @@ class UsageBatchBuilder:
         self._open_groups: dict[_GroupKey, _Draft] = {}
         self._groups_of: dict[_UsageKey, list[_GroupKey]] = {}
         self.used = 0
-        self.full = max_reports <= 0
+        self.full = max_items <= 0 or max_reports <= 0
 
     def add(self, item: Pending) -> bool:
         if self.full:
@@ -98,30 +98,22 @@ class UsageBatchBuilder:
                 if epoch is not None and (draft.latest is None or epoch > draft.latest):
                     draft.latest = epoch
                 return self._took()
-            if not self._start(item, epoch):
-                return False
+            self._drafts.append(_Draft([item], epoch))
             self._open_groups[group] = self._drafts[-1]
             self._groups_of.setdefault(usage_key, []).append(group)
             return self._took()
-        if not self._start(item, epoch):
-            return False
         if behavior == "SET":
             # Later DELTAs must land after this SET, so they may not join earlier groups.
             for closed in self._groups_of.pop(usage_key, ()):
                 self._open_groups.pop(closed, None)
-        return self._took()
-
-    def _start(self, item: Pending, epoch: float | None) -> bool:
-        """A new usage for ``item``; False (full) when the batch has its most usages."""
-        if len(self._drafts) == self._max_items:
-            self.full = True
-            return False
         self._drafts.append(_Draft([item], epoch))
-        return True
+        return self._took()
 
     def _took(self) -> bool:
         self.used += 1
-        self.full = self.used >= self._max_reports
+        # Full at the most usages a call may carry (sent at once, as nothing more can be
+        # added but merges) or the most reports a batch may stand for.
+        self.full = len(self._drafts) >= self._max_items or self.used >= self._max_reports
         return True
 
     def build(self, batch_id: str) -> Batch:
