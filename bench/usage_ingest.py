@@ -3,6 +3,10 @@ with each spool, against warm checks on the same sidecar process in the same run
 report per request at >= 0.7 x the check's req/s). Load generator: wrk (HTTP/1.1 keep-alive,
 Lua script for the POST body).
 
+The first rows are the speed limit: a bare aiohttp server (``bare_server.py``, uvloop like the
+sidecar's default) answering the same GET, and the same POST by parsing the body and answering
+202 without storing anything.
+
     uv run python -m bench.usage_ingest [--seconds 10] [--connections 32] [--threads 2]
 """
 
@@ -13,9 +17,11 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
+from bench._util import free_port, process
 from bench.usage_common import SPOOLS, stack
 
 SCRIPT = """
@@ -47,6 +53,8 @@ def body(count: int) -> str:
     return json.dumps(usages[0] if count == 1 else {"usages": usages})
 
 
+# About the size of the sidecar's answer to one report (its id, key, status and ids).
+ANSWER_SIZE = 200
 CHECK = "/v1/entitlements?customerId=customer-demo&featureId=feature-api-calls"
 CHECK_SCRIPT = SCRIPT.replace('wrk.method = "POST"', 'wrk.method = "GET"').replace(
     "status ~= 202", "status ~= 200"
@@ -103,6 +111,19 @@ def main() -> None:
         f"{'spool':<14} {'per request':>11} {'req/s':>9} {'reports/s':>10} "
         f"{'p50 ms':>7} {'p99 ms':>7} {'non-2xx':>7} {'x check':>7}"
     )
+    port = free_port()
+    bare = [sys.executable, "-m", "bench.bare_server", str(port), str(ANSWER_SIZE), "uvloop"]
+    with process(bare, f"http://127.0.0.1:{port}/openapi.json"):
+        base = f"http://127.0.0.1:{port}"
+        run(base + CHECK, 0, args)
+        bare_check = run(base + CHECK, 0, args)
+        bare_intake = run(f"{base}/v1/usage", 1, args)
+    for count, figures in ((0, bare_check), (1, bare_intake)):
+        print(
+            f"{'bare aiohttp':<14} {count or 'check':>11} {figures['requests_per_s']:>9.0f} "
+            f"{'':>10} {figures['p50_ms']:>7.2f} {figures['p99_ms']:>7.2f} "
+            f"{figures['non202']:>7} {figures['requests_per_s'] / bare_check['requests_per_s']:>7.2f}"
+        )
     for spool in args.spool or SPOOLS:
         check_rps = 0.0
         for count in (0, 1, 100):

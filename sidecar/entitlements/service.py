@@ -454,7 +454,7 @@ class EntitlementService:
         entry, old = found
         value = change.value
         usage = value if change.behavior == "SET" else (old.current_usage or 0.0) + value
-        self._put(entry, dataclasses.replace(old, current_usage=usage))
+        self._put(entry, old.with_usage(usage))
         return True
 
     def _reconcile(self, figure: UsageFigure) -> bool:
@@ -488,11 +488,10 @@ class EntitlementService:
         return None if old is None else (entry, old)
 
     def _put(self, entry: CacheEntry[EntitlementsState], updated: FeatureEntitlement) -> None:
-        state = dataclasses.replace(
-            entry.value, entitlements=_replaced(entry.value.entitlements, updated)
-        )
+        state = entry.value.with_entitlement(updated)
         self.store.set_local(
-            (state.customer_id, state.resource_id), dataclasses.replace(entry, value=state)
+            (state.customer_id, state.resource_id),
+            CacheEntry(state, entry.fresh_until, entry.stale_until),
         )
 
     async def _publish(self, event: Invalidate | UsageCounted | UsageConfirmed) -> None:
@@ -610,14 +609,6 @@ class _Rendered:
 
 def _servable_when_stale(entry: CacheEntry[EntitlementsState]) -> bool:
     return entry.value.access_denied_reason != CUSTOMER_NOT_FOUND
-
-
-def _replaced(
-    entitlements: Mapping[str, FeatureEntitlement], updated: FeatureEntitlement
-) -> dict[str, FeatureEntitlement]:
-    result = dict(entitlements)
-    result[updated.feature_id] = updated
-    return result
 
 
 def _listing(

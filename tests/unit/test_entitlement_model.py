@@ -1,8 +1,14 @@
+import dataclasses
 from typing import Any
 
 import pytest
 
-from sidecar.entitlements.model import CheckRequest, EntitlementsState, evaluate
+from sidecar.entitlements.model import (
+    CheckRequest,
+    EntitlementsState,
+    FeatureEntitlement,
+    evaluate,
+)
 
 NOW = 1_800_000_000.0
 
@@ -151,3 +157,21 @@ def test_ended_usage_period_resets_usage_to_zero() -> None:
     after = evaluate(state, before, end)
     assert after["hasAccess"] is True
     assert after["currentUsage"] == 0
+
+
+def test_a_counted_report_changes_only_the_usage_of_only_its_feature() -> None:
+    # with_usage / with_entitlement build the new values field by field (the intake's hot
+    # path): a field added later must not be dropped or reset by them.
+    metered = dataclasses.replace(
+        FeatureEntitlement(
+            *(f"value-{n}" for n in range(len(dataclasses.fields(FeatureEntitlement))))
+        ),
+        feature_id="api-calls",
+    )
+    other = dataclasses.replace(metered, feature_id="seats")
+    state = EntitlementsState("c", "r", None, {"api-calls": metered, "seats": other}, 12.5)
+    counted = state.with_entitlement(metered.with_usage(7.0))
+    assert counted.entitlements["api-calls"] == dataclasses.replace(metered, current_usage=7.0)
+    assert counted.entitlements["seats"] is other
+    assert dataclasses.replace(counted, entitlements=state.entitlements) == state
+    assert state.entitlements["api-calls"] is metered  # the cached state is not changed in place
