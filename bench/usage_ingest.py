@@ -119,10 +119,11 @@ def main() -> None:
         bare_check = run(base + CHECK, 0, args)
         bare_intake = run(f"{base}/v1/usage", 1, args)
     for count, figures in ((0, bare_check), (1, bare_intake)):
+        rps = figures["requests_per_s"]
         print(
-            f"{'bare aiohttp':<14} {count or 'check':>11} {figures['requests_per_s']:>9.0f} "
-            f"{'':>10} {figures['p50_ms']:>7.2f} {figures['p99_ms']:>7.2f} "
-            f"{figures['non202']:>7} {figures['requests_per_s'] / bare_check['requests_per_s']:>7.2f}"
+            f"{'bare aiohttp':<14} {count or 'check':>11} {rps:>9.0f} {'':>10} "
+            f"{figures['p50_ms']:>7.2f} {figures['p99_ms']:>7.2f} {figures['non202']:>7} "
+            f"{rps / bare_check['requests_per_s']:>7.2f}"
         )
     for spool in args.spool or SPOOLS:
         check_rps = 0.0
