@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import os
 import shutil
 import subprocess
 import tempfile
@@ -36,6 +37,16 @@ def package_of(frame: str) -> str:
         if f"/{name}/" in path:
             return name
     return "python/other"
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds so far of each thread of ``pid`` (the event loop's thread id is ``pid``)."""
+    seconds: dict[int, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            seconds[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return seconds
 
 
 def main() -> None:
@@ -73,6 +84,8 @@ def main() -> None:
         record += ["--rate", "500", "--duration", str(args.seconds), "--output", str(out)]
         recorder = subprocess.Popen(record, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         figures: dict[str, float] = {}
+        pid = SIDECAR_PIDS[base]
+        threads_before = thread_cpu(pid)
         load = threading.Thread(
             target=lambda: figures.update(
                 wrk(target, seconds=args.seconds, server_pid=SIDECAR_PIDS[base], **load_args)
@@ -80,6 +93,7 @@ def main() -> None:
         )
         load.start()
         load.join()
+        threads_after = thread_cpu(pid)
         _, error = recorder.communicate(timeout=args.seconds + 60)
         if recorder.returncode != 0 or not out.exists():
             raise SystemExit(f"py-spy failed: {error.decode(errors='replace')[-500:]}")
@@ -104,9 +118,16 @@ def main() -> None:
         f"{what} on {args.loop}: {figures['rps']:.0f} req/s, {cpu_us:.1f} us CPU/request,"
         f" {total} samples (event loop thread, own time of the innermost frame)"
     )
-    # The process's CPU per request split by the loop thread's samples: the other threads
-    # (the SQLite spool's writer, thread pools) sample mostly as waiting in a queue.
-    per_sample = cpu_us / total
+    requests = figures["rps"] * args.seconds
+    loop_us = (threads_after.get(pid, 0.0) - threads_before.get(pid, 0.0)) / requests * 1e6
+    others_us = (sum(threads_after.values()) - sum(threads_before.values())) / requests * 1e6
+    print(
+        f"CPU per request by thread (/proc): event loop {loop_us:.1f} us,"
+        f" the others (spool writer, thread pools) {others_us - loop_us:.1f} us"
+    )
+    # The loop thread's CPU per request split by its samples (the other threads sample mostly
+    # as waiting in a queue, and a sample cannot tell the time a thread waits for the GIL).
+    per_sample = loop_us / total
     print(f"{'share':>6} {'~us/req':>8}  package (the event loop's thread)")
     for name, count in packages.most_common():
         print(f"{count / total:6.1%} {count * per_sample:8.1f}  {name}")
