@@ -1,4 +1,4 @@
-"""Forming a batch from the oldest spooled reports: pure functions, no I/O.
+"""Forming a batch from the oldest spooled reports: builders fed one report at a time, no I/O.
 
 A batch is always a prefix of the queue, so reports leave in the order they were accepted.
 With coalescing on, DELTA reports without a client key for the same customer, feature,
@@ -10,7 +10,6 @@ groups of its usage key: a DELTA after a SET is never merged into a usage placed
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -84,9 +83,9 @@ class UsageBatchBuilder:
         record = item.record
         usage_key: _UsageKey = (record["customerId"], record["featureId"], record.get("resourceId"))
         behavior = record["updateBehavior"]
-        timestamp = record.get("timestamp")
-        epoch = parse_iso(timestamp).timestamp() if timestamp else None
         if self._coalesce and behavior == "DELTA" and not record["keyFromClient"]:
+            timestamp = record.get("timestamp")
+            epoch = parse_iso(timestamp).timestamp() if timestamp else None
             group: _GroupKey = (
                 usage_key,
                 orjson.dumps(record.get("dimensions"), option=orjson.OPT_SORT_KEYS),
@@ -106,7 +105,7 @@ class UsageBatchBuilder:
             # Later DELTAs must land after this SET, so they may not join earlier groups.
             for closed in self._groups_of.pop(usage_key, ()):
                 self._open_groups.pop(closed, None)
-        self._drafts.append(_Draft([item], epoch))
+        self._drafts.append(_Draft([item], None))  # never merged: keeps its own timestamp
         return self._took()
 
     def _took(self) -> bool:
@@ -156,37 +155,3 @@ class EventBatchBuilder:
             for p in self._head
         ]
         return Batch(batch_id, "event", items)
-
-
-def _fill(builder: BatchBuilder, pending: Sequence[Pending], batch_id: str) -> tuple[Batch, int]:
-    for item in pending:
-        if not builder.add(item):
-            break
-    return builder.build(batch_id), builder.used
-
-
-def build_usage_batch(
-    pending: Sequence[Pending],
-    batch_id: str,
-    *,
-    max_items: int,
-    max_reports: int,
-    coalesce: bool,
-    window_seconds: float,
-) -> tuple[Batch, int]:
-    """The next ``reportUsageBulk`` batch from the head of ``pending``; and how many of
-    ``pending`` it consumed."""
-    builder = UsageBatchBuilder(
-        max_items=max_items,
-        max_reports=max_reports,
-        coalesce=coalesce,
-        window_seconds=window_seconds,
-    )
-    return _fill(builder, pending, batch_id)
-
-
-def build_event_batch(
-    pending: Sequence[Pending], batch_id: str, *, max_items: int
-) -> tuple[Batch, int]:
-    """The next ``reportEvent`` batch from the head of ``pending``."""
-    return _fill(EventBatchBuilder(max_items=max_items), pending, batch_id)

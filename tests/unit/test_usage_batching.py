@@ -6,12 +6,7 @@ from typing import Any
 
 import orjson
 
-from sidecar.usage.batching import (
-    Pending,
-    UsageBatchBuilder,
-    build_event_batch,
-    build_usage_batch,
-)
+from sidecar.usage.batching import BatchBuilder, EventBatchBuilder, Pending, UsageBatchBuilder
 
 T0 = "2026-01-01T00:00:00Z"
 
@@ -42,10 +37,23 @@ def usage(
     return Pending(Entry(str(n), orjson.dumps(record), float(n)), record)
 
 
+def fill(builder: BatchBuilder, pending: list[Pending], batch_id: str) -> tuple[Any, int]:
+    """Feed ``pending`` in order, as the flusher does, until the batch refuses one."""
+    for item in pending:
+        if not builder.add(item):
+            break
+    return builder.build(batch_id), builder.used
+
+
 def build(pending: list[Pending], **options: Any) -> tuple[Any, int]:
-    settings = {"max_items": 100, "max_reports": 10_000, "coalesce": True, "window_seconds": 60}
+    settings: dict[str, Any] = {
+        "max_items": 100,
+        "max_reports": 10_000,
+        "coalesce": True,
+        "window_seconds": 60,
+    }
     settings.update(options)
-    return build_usage_batch(pending, "B", **settings)
+    return fill(UsageBatchBuilder(**settings), pending, "B")
 
 
 def test_hot_key_deltas_become_one_usage_with_a_batch_derived_key() -> None:
@@ -134,7 +142,7 @@ def test_events_are_sent_one_by_one_with_their_keys() -> None:
         for n in range(3)
     ]
     pending = [Pending(Entry(str(n), orjson.dumps(r), 0.0), r) for n, r in enumerate(records)]
-    batch, used = build_event_batch(pending, "E", max_items=2)
+    batch, used = fill(EventBatchBuilder(max_items=2), pending, "E")
     assert used == 2
     assert [i.payload for i in batch.items] == [
         {"eventName": "e", "customerId": "c", "idempotencyKey": "k0"},
@@ -142,23 +150,20 @@ def test_events_are_sent_one_by_one_with_their_keys() -> None:
     ]
 
 
-def test_a_builder_fed_one_report_at_a_time_refuses_when_full_and_the_rest_follow() -> None:
-    # The flusher feeds each report once, as it arrives: the batch must come out as if built
-    # from the whole buffer, and the report it refused must head the next batch.
+def test_a_full_batch_refuses_the_next_report_and_that_report_heads_the_next_batch() -> None:
+    # Full at three usages: report 4 would merge into report 1's usage, but a full batch is
+    # sent as it is, and report 4 starts the next one.
     pending = [usage(n, customer=f"c{n % 3}") for n in range(1, 8)]
     pending.insert(4, usage(99, customer="c9", behavior="SET"))
     builder = UsageBatchBuilder(max_items=3, max_reports=100, coalesce=True, window_seconds=60)
-    fed = 0
-    while builder.add(pending[fed]):
-        fed += 1
-    first = builder.build("B")
-    expected, used = build(pending, max_items=3)
+    assert [builder.add(item) for item in pending[:4]] == [True, True, True, False]
     assert builder.full
-    assert builder.used == used == fed
-    assert [i.payload for i in first.items] == [i.payload for i in expected.items]
-    assert [i.sources for i in first.items] == [i.sources for i in expected.items]
-    rest, _ = build(pending[used:], max_items=3)
-    assert rest.items[0].sources[0][0] == pending[used].entry.id
+    assert builder.used == 3
+    first = builder.build("B")
+    assert [[s for s, _ in i.sources] for i in first.items] == [["1"], ["2"], ["3"]]
+    rest, used = build(pending[3:], max_items=3)
+    assert [[s for s, _ in i.sources] for i in rest.items] == [["4"], ["99"], ["5"]]
+    assert used == 3
 
 
 def test_a_builder_is_full_at_the_most_reports_a_batch_may_carry() -> None:
