@@ -111,6 +111,10 @@ class SqliteSpool:
         self._count: dict[str, int] = dict.fromkeys(KINDS, 0)
         self._bytes = 0
         self._cursor: dict[str, int] = dict.fromkeys(KINDS, 0)
+        # Owned by the writer thread: the reports (seq) in open batches, which fetch skips. A
+        # batch's row is the record of which reports it holds; marking each report instead
+        # (an UPDATE of every row) held up appends for ~15 ms per 10,000 reports batched.
+        self._batched: set[int] = set()
         self._pending: list[_Request] = []
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -147,6 +151,8 @@ class SqliteSpool:
         ):
             self._count[kind] = count
             self._bytes += size
+        for (body,) in db.execute("SELECT body FROM batches"):
+            self._batched.update(_seqs(Batch.from_bytes(body)))
         self._db = db
         if not self._reserve.claim():
             self._enter_disk_full(OSError("no room for the disk-full reserve"))
@@ -331,15 +337,21 @@ class SqliteSpool:
         return [Entry(str(seq), body, accepted_at) for seq, body, accepted_at in rows]
 
     def _fetch(self, kind: Kind, limit: int, after: int) -> list[tuple[int, bytes, float]]:
-        return (
+        # At most len(batched) of the rows read are skipped. (A batch_id is set only on rows
+        # that an earlier version marked as batched; their batches are in _batched too.)
+        batched = self._batched
+        rows = (
             self._conn()
             .execute(
                 "SELECT seq, body, accepted_at FROM reports"
                 " WHERE kind = ? AND batch_id IS NULL AND seq > ? ORDER BY seq LIMIT ?",
-                (kind, after, limit),
+                (kind, after, limit + len(batched)),
             )
             .fetchall()
         )
+        if batched:
+            rows = [row for row in rows if row[0] not in batched]
+        return rows[:limit]
 
     async def record_batch(self, batch: Batch) -> bool:
         await self._run(self._with_reserve, self._record, batch)
@@ -349,6 +361,7 @@ class SqliteSpool:
         db = self._conn()
         with _transaction(db):
             _insert_batch(db, batch)
+        self._batched.update(_seqs(batch))
 
     async def split_batch(self, batch: Batch, parts: Sequence[Batch]) -> bool:
         await self._run(self._with_reserve, self._split, batch, parts)
@@ -362,28 +375,38 @@ class SqliteSpool:
                 _insert_batch(db, part)
 
     async def ack_batch(self, batch: Batch) -> None:
-        await self._run(self._with_reserve, self._ack, batch)
+        # A transaction per ACK_ROWS reports, so appends wait for one of them at most; the
+        # batch goes last: after a crash in between, it is sent again (same keys) and acked.
+        seqs = _seqs(batch)
+        for start in range(0, len(seqs), ACK_ROWS):
+            chunk = seqs[start : start + ACK_ROWS]
+            await self._run(self._with_reserve, self._delete_reports, batch.kind, chunk)
+        await self._run(self._with_reserve, self._delete_batch, batch.id)
 
-    def _ack(self, batch: Batch) -> None:
+    def _delete_reports(self, kind: Kind, seqs: list[int]) -> None:
         db = self._conn()
-        ids = orjson.dumps([int(i) for i in batch.entry_ids])
         with _transaction(db):
-            count, size = db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM reports"
-                " WHERE seq IN (SELECT value FROM json_each(?))",
-                (ids,),
-            ).fetchone()
-            db.execute("DELETE FROM reports WHERE seq IN (SELECT value FROM json_each(?))", (ids,))
-            db.execute("DELETE FROM batches WHERE id = ?", (batch.id,))
-        self._count[batch.kind] -= count
-        self._bytes -= size
+            sizes = db.execute(
+                "DELETE FROM reports WHERE seq IN (SELECT value FROM json_each(?))"
+                " RETURNING LENGTH(body)",
+                (orjson.dumps(seqs),),
+            ).fetchall()
+        self._count[kind] -= len(sizes)
+        self._bytes -= sum(size for (size,) in sizes)
+        self._batched.difference_update(seqs)
+
+    def _delete_batch(self, batch_id: str) -> None:
+        db = self._conn()
+        with _transaction(db):
+            db.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
 
     async def dead_letter(self, batch: Batch, reason: str, code: str, now: float) -> int:
         return await self._run(self._with_reserve, self._dead_letter, batch, reason, code, now)
 
     def _dead_letter(self, batch: Batch, reason: str, code: str, now: float) -> int:
         db = self._conn()
-        ids = orjson.dumps([int(i) for i in batch.entry_ids])
+        seqs = _seqs(batch)
+        ids = orjson.dumps(seqs)
         with _transaction(db):
             rows = db.execute(
                 "SELECT kind, body, accepted_at FROM reports"
@@ -399,6 +422,7 @@ class SqliteSpool:
             db.execute("DELETE FROM batches WHERE id = ?", (batch.id,))
         self._count[batch.kind] -= len(rows)
         self._bytes -= sum(len(body) for _, body, _ in rows)
+        self._batched.difference_update(seqs)
         return len(rows)
 
     # --- dead letters -------------------------------------------------------------------------
@@ -522,6 +546,8 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
         raise
 
 
+# Reports deleted per transaction when a batch is acknowledged: ~2 ms of the writer thread.
+ACK_ROWS = 1000
 # Rows per INSERT statement: 3 parameters each, well under SQLite's 32,766 per statement.
 INSERT_ROWS = 500
 
@@ -539,12 +565,12 @@ def _insert_reports(db: sqlite3.Connection, rows: Sequence[tuple[str, bytes, flo
 
 
 def _insert_batch(db: sqlite3.Connection, batch: Batch) -> None:
-    """Record ``batch`` and point its reports at it."""
     db.execute(
         "INSERT INTO batches (id, kind, body) VALUES (?, ?, ?)",
         (batch.id, batch.kind, batch.to_bytes()),
     )
-    db.execute(
-        "UPDATE reports SET batch_id = ? WHERE seq IN (SELECT value FROM json_each(?))",
-        (batch.id, orjson.dumps([int(i) for i in batch.entry_ids])),
-    )
+
+
+def _seqs(batch: Batch) -> list[int]:
+    """The reports ``batch`` holds: its entry ids are their ``seq``."""
+    return [int(i) for i in batch.entry_ids]

@@ -11,6 +11,7 @@ import fakeredis
 import orjson
 import pytest
 
+from sidecar.usage import sqlite_spool
 from sidecar.usage.redis_spool import RedisSpool
 from sidecar.usage.spool import Batch, BatchItem, Entry, NewReport, Spool, SpoolFull
 from sidecar.usage.sqlite_spool import SqliteSpool
@@ -94,6 +95,29 @@ async def test_append_then_fetch_in_order(make_spool: Factory) -> None:
     depth = await spool.depth()
     assert depth.reports == {"usage": 3, "event": 1}
     assert depth.oldest_accepted_at["usage"] == 100.0
+
+
+async def test_fetches_between_appends_see_each_report_once_in_order(make_spool: Factory) -> None:
+    """Whatever the fetch limit, with the other kind appended in between; the ids fetched are
+    the stored reports' own: acknowledging them empties the spool."""
+    spool = await make_spool()
+    assert await spool.acquire()
+    fetched = await spool.fetch("usage", 2, restart=True)
+    sent = 0
+    for appended, limit in [(1, 2), (3, 2), (6, 3), (2, 10), (0, 10), (5, 1), (1, 10)]:
+        await spool.append("usage", [report(sent + n) for n in range(appended)], 0.0)
+        await spool.append("event", [report(-1)], 0.0)  # the other kind, in between
+        sent += appended
+        fetched += await spool.fetch("usage", limit, restart=False)
+    while more := await spool.fetch("usage", 3, restart=False):
+        fetched += more
+    assert numbers(fetched) == list(range(sent))
+    assert numbers(await spool.fetch("usage", 100, restart=True)) == list(range(sent))
+    batch = batch_of(fetched)
+    assert await spool.record_batch(batch)
+    await spool.ack_batch(batch)
+    assert (await spool.depth()).reports == {"usage": 0, "event": 7}
+    assert await spool.fetch("usage", 100, restart=True) == []
 
 
 async def test_client_keys_are_deduplicated_within_the_window(make_spool: Factory) -> None:
@@ -250,6 +274,46 @@ async def test_sqlite_expired_keys_are_accepted_again_and_purged(tmp_path: Path)
         assert await spool.purge_expired_keys(200.0) == 2
     finally:
         await spool.close()
+
+
+async def test_sqlite_ack_cut_short_leaves_the_batch_to_send_and_ack_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch is acknowledged a few reports per transaction and its record goes last: a
+    process that stops in between finds the batch open, does not fetch the reports still in
+    it, and its second acknowledgement removes them."""
+    monkeypatch.setattr(sqlite_spool, "ACK_ROWS", 2)
+    first = SqliteSpool(tmp_path, max_reports=10, max_bytes=10**6, dedupe_window_seconds=60)
+    await first.open()
+    await first.append("usage", [report(n) for n in range(6)], 0.0)
+    batch = batch_of(await first.fetch("usage", 5, restart=True))
+    assert await first.record_batch(batch)
+    delete = first._delete_reports
+    calls: list[int] = []
+
+    def stops_at_the_second(kind: Any, seqs: list[int]) -> None:
+        calls.append(len(seqs))
+        if len(calls) == 2:
+            raise RuntimeError("the process stopped here")
+        delete(kind, seqs)
+
+    monkeypatch.setattr(first, "_delete_reports", stops_at_the_second)
+    with pytest.raises(RuntimeError, match="stopped here"):
+        await first.ack_batch(batch)
+    await first.close()
+
+    second = SqliteSpool(tmp_path, max_reports=10, max_bytes=10**6, dedupe_window_seconds=60)
+    await second.open()
+    try:
+        assert (await second.depth()).reports["usage"] == 4  # reports 2, 3, 4 and 5
+        [resumed] = await second.open_batches("usage")
+        assert resumed.id == batch.id
+        assert numbers(await second.fetch("usage", 10, restart=True)) == [5]
+        await second.ack_batch(resumed)
+        depth = await second.depth()
+        assert (depth.reports["usage"], depth.open_batches) == (1, 0)
+    finally:
+        await second.close()
 
 
 async def test_redis_lease_fences_a_replica_that_lost_it() -> None:
