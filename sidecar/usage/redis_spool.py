@@ -119,7 +119,11 @@ local function accepted_of(fields)
 end
 """
 
-# KEYS: stream, batches, bytes. ARGV: group, batch id, entry ids...
+# Entries acknowledged per script run: Redis runs nothing else, no append, while one runs
+# (~5 ms for 1,000; 10,000 at once held every append up ~50 ms).
+ACK_ENTRIES = 1000
+
+# KEYS: stream, batches, bytes. ARGV: group, batch id ('' to keep it), entry ids...
 _ACK = (
     _BODY
     + """
@@ -131,7 +135,7 @@ for i = 3, #ARGV do
   end
   redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
 end
-redis.call('HDEL', KEYS[2], ARGV[2])
+if ARGV[2] ~= '' then redis.call('HDEL', KEYS[2], ARGV[2]) end
 return 1
 """
 )
@@ -564,13 +568,16 @@ class RedisSpool:
         return await self._record(batch.kind, batch.id, parts)
 
     async def ack_batch(self, batch: Batch) -> None:
+        # ACK_ENTRIES at a time; the batch goes with the last: after a crash in between, it is
+        # sent again (same keys) and acked again (an entry already gone is skipped).
         kind = batch.kind
         ids = batch.entry_ids
-        await self._scripts["ack"](
-            keys=[self._stream[kind], self._batches[kind], self._bytes_key],
-            args=[GROUP, batch.id, *ids],
-        )
-        self._in_batches[kind].difference_update(ids)
+        keys = [self._stream[kind], self._batches[kind], self._bytes_key]
+        chunks = [ids[start : start + ACK_ENTRIES] for start in range(0, len(ids), ACK_ENTRIES)]
+        for n, chunk in enumerate(chunks or [[]], 1):
+            last = n >= len(chunks)
+            await self._scripts["ack"](keys=keys, args=[GROUP, batch.id if last else "", *chunk])
+            self._in_batches[kind].difference_update(chunk)
 
     async def dead_letter(self, batch: Batch, reason: str, code: str, now: float) -> int:
         kind = batch.kind

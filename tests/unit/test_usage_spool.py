@@ -11,6 +11,7 @@ import fakeredis
 import orjson
 import pytest
 
+from sidecar.usage import redis_spool as redis_spool_module
 from sidecar.usage import sqlite_spool
 from sidecar.usage.redis_spool import RedisSpool
 from sidecar.usage.spool import Batch, BatchItem, Entry, NewReport, Spool, SpoolFull
@@ -199,6 +200,57 @@ async def test_recorded_batch_survives_a_restart_and_is_resent_as_is(make_spool:
     assert depth.open_batches == 0
 
 
+async def test_ack_cut_short_leaves_the_batch_to_ack_again(
+    make_spool: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch is acknowledged a few reports at a time (two here) and its record goes last: a
+    process that stops in between finds the batch open, does not fetch the reports still in
+    it, and its second acknowledgement removes them."""
+    monkeypatch.setattr(sqlite_spool, "ACK_ROWS", 2)
+    monkeypatch.setattr(redis_spool_module, "ACK_ENTRIES", 2)
+    first = await make_spool()
+    assert await first.acquire()
+    await first.append("usage", [report(n) for n in range(6)], 0.0)
+    batch = batch_of(await first.fetch("usage", 5, restart=True))
+    assert await first.record_batch(batch)
+    stop_at_second_ack_step(first, monkeypatch)
+    with pytest.raises(RuntimeError, match="stopped here"):
+        await first.ack_batch(batch)
+    await first.release()
+    await first.close()
+
+    second = await make_spool()
+    assert await second.acquire()
+    assert (await second.depth()).reports["usage"] == 4  # reports 2, 3, 4 and 5
+    [resumed] = await second.open_batches("usage")
+    assert resumed.id == batch.id
+    assert numbers(await second.fetch("usage", 10, restart=True)) == [5]
+    await second.ack_batch(resumed)
+    depth = await second.depth()
+    assert (depth.reports["usage"], depth.open_batches) == (1, 0)
+
+
+def stop_at_second_ack_step(spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process stops after the first step of an acknowledgement (a fault injected into
+    the spool's own step: a SQLite transaction, a Redis script run)."""
+    steps: list[int] = []
+
+    def stopping(step: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            steps.append(1)
+            if len(steps) == 2:
+                raise RuntimeError("the process stopped here")
+            return step(*args, **kwargs)
+
+        return run
+
+    if isinstance(spool, SqliteSpool):
+        monkeypatch.setattr(spool, "_delete_reports", stopping(spool._delete_reports))
+    else:
+        assert isinstance(spool, RedisSpool)
+        monkeypatch.setitem(spool._scripts, "ack", stopping(spool._scripts["ack"]))
+
+
 async def test_ack_removes_reports_and_frees_room(make_spool: Factory) -> None:
     spool = await make_spool(max_reports=2)
     assert await spool.acquire()
@@ -274,46 +326,6 @@ async def test_sqlite_expired_keys_are_accepted_again_and_purged(tmp_path: Path)
         assert await spool.purge_expired_keys(200.0) == 2
     finally:
         await spool.close()
-
-
-async def test_sqlite_ack_cut_short_leaves_the_batch_to_send_and_ack_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A batch is acknowledged a few reports per transaction and its record goes last: a
-    process that stops in between finds the batch open, does not fetch the reports still in
-    it, and its second acknowledgement removes them."""
-    monkeypatch.setattr(sqlite_spool, "ACK_ROWS", 2)
-    first = SqliteSpool(tmp_path, max_reports=10, max_bytes=10**6, dedupe_window_seconds=60)
-    await first.open()
-    await first.append("usage", [report(n) for n in range(6)], 0.0)
-    batch = batch_of(await first.fetch("usage", 5, restart=True))
-    assert await first.record_batch(batch)
-    delete = first._delete_reports
-    calls: list[int] = []
-
-    def stops_at_the_second(kind: Any, seqs: list[int]) -> None:
-        calls.append(len(seqs))
-        if len(calls) == 2:
-            raise RuntimeError("the process stopped here")
-        delete(kind, seqs)
-
-    monkeypatch.setattr(first, "_delete_reports", stops_at_the_second)
-    with pytest.raises(RuntimeError, match="stopped here"):
-        await first.ack_batch(batch)
-    await first.close()
-
-    second = SqliteSpool(tmp_path, max_reports=10, max_bytes=10**6, dedupe_window_seconds=60)
-    await second.open()
-    try:
-        assert (await second.depth()).reports["usage"] == 4  # reports 2, 3, 4 and 5
-        [resumed] = await second.open_batches("usage")
-        assert resumed.id == batch.id
-        assert numbers(await second.fetch("usage", 10, restart=True)) == [5]
-        await second.ack_batch(resumed)
-        depth = await second.depth()
-        assert (depth.reports["usage"], depth.open_batches) == (1, 0)
-    finally:
-        await second.close()
 
 
 async def test_redis_lease_fences_a_replica_that_lost_it() -> None:
