@@ -44,7 +44,8 @@ def main() -> None:
         results[loop] = (ours, bare, fixed, size)
     print(
         f"warm check, {args.seconds} s per run, body {size} bytes; CPU = server CPU time per"
-        " request (robust to other load on the machine)"
+        " request (not the CPU other processes take; a busier host still slows the sidecar's"
+        " larger process more than the bare server)"
     )
     print(
         f"{'loop':8} {'sidecar req/s':>14} {'bare req/s':>11} {'ratio':>6} "
