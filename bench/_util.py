@@ -52,8 +52,13 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 30) 
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far: a per-request cost that, unlike req/s,
-    does not depend on what else the machine is doing."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    does not count the CPU other processes take (a busier host still slows it down)."""
+    return stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
+
+
+def stat_cpu_seconds(stat: Path) -> float:
+    """User + system CPU time from a ``/proc`` ``stat`` file (a process's or one thread's)."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

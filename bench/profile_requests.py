@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import os
 import shutil
 import subprocess
 import tempfile
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from bench._util import SIDECAR_PIDS, emulator, sidecar, wrk
+from bench._util import SIDECAR_PIDS, emulator, sidecar, stat_cpu_seconds, wrk
 
 CHECK = "/v1/entitlements?customerId=customer-demo&featureId=feature-api-calls"
 USAGE = '{"customerId": "customer-demo", "featureId": "feature-api-calls", "value": 1}'
@@ -43,9 +42,8 @@ def thread_cpu(pid: int) -> dict[int, float]:
     """CPU seconds so far of each thread of ``pid`` (the event loop's thread id is ``pid``)."""
     seconds: dict[int, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(FileNotFoundError):
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            seconds[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+            seconds[int(task.name)] = stat_cpu_seconds(task / "stat")
     return seconds
 
 
@@ -88,7 +86,7 @@ def main() -> None:
         threads_before = thread_cpu(pid)
         load = threading.Thread(
             target=lambda: figures.update(
-                wrk(target, seconds=args.seconds, server_pid=SIDECAR_PIDS[base], **load_args)
+                wrk(target, seconds=args.seconds, server_pid=pid, **load_args)
             )
         )
         load.start()
